@@ -1,0 +1,273 @@
+"""inforeg_transform against an independent NumPy reference of Algorithm 1, and the contract
+optax's own transformations meet."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from inforeg_jax import inforeg_diagnostics, inforeg_transform
+from inforeg_jax.regulation import find_inforeg_state
+
+MODS = ("audio", "visual", "text")
+SPE = 3  # steps per epoch
+EPOCHS = 7
+
+
+def make_params(rng):
+  return {"audio": {"w": rng.normal(size=(3, 2)).astype(np.float32)},
+          "visual": {"w": rng.normal(size=(4,)).astype(np.float32),
+                     "b": rng.normal(size=(2, 2)).astype(np.float32)},
+          "text": {"w": rng.normal(size=(5,)).astype(np.float32)},
+          "head": {"w": rng.normal(size=(2,)).astype(np.float32)}}
+
+
+LABELS = {"audio": {"w": "audio"}, "visual": {"w": "visual", "b": "visual"},
+          "text": {"w": "text"}, "head": {"w": None}}
+
+# Gradient scale per (epoch, modality): audio's trace rises then falls, visual's rises late,
+# text's stays flat, so that Eq. 11 switches on and off during the run.
+SCALES = np.array([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.5, 1.0, 1.0], [1.6, 1.3, 1.0],
+                   [1.0, 1.6, 1.0], [0.8, 1.7, 1.0], [0.8, 1.7, 1.0]])
+
+
+def reference_paper(params, grads_seq, losses_seq, beta, k, warmup):
+  """Algorithm 1 in plain NumPy, written from METHOD.md without the library's helpers."""
+  out, history, anchor, sums = [], [], None, np.zeros(3)
+  for step, (grads, losses) in enumerate(zip(grads_seq, losses_seq)):
+    epoch = step // SPE
+    if step % SPE == 0:
+      if step > 0:
+        history.append(sums / SPE)
+        sums = np.zeros(3)
+      anchor = {k1: {k2: v.copy() for k2, v in d.items()} for k1, d in params.items()}
+    new = {k1: {k2: v.copy() for k2, v in d.items()} for k1, d in grads.items()}
+    for i, m in enumerate(MODS):
+      sums[i] += sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads[m].values())
+      worse = [losses[j] - losses[i] for j in range(3) if losses[j] > losses[i]]
+      delta = np.mean(worse) if worse else 0.0
+      t1 = history[-1][i] if len(history) >= 1 else 0.0
+      t2 = history[-2][i] if len(history) >= 2 else 0.0
+      window = t1 > 0 and (t1 - t2) / t1 > k
+      if epoch >= warmup and window and delta > 0:
+        alpha = math.exp(beta * math.tanh(delta))
+        for name in new[m]:
+          new[m][name] = new[m][name] + alpha * (params[m][name] - anchor[m][name])
+    out.append(new)
+    # a plain SGD step so that params move away from the anchor
+    params = {k1: {k2: v - 0.1 * new[k1][k2] for k2, v in d.items()} for k1, d in params.items()}
+  return out, history
+
+
+def run_transform(tx, params, grads_seq, losses_seq, **extra):
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p, l: tx.update(g, s, p, unimodal_losses=l, **extra))
+  outs, states = [], []
+  for grads, losses in zip(grads_seq, losses_seq):
+    u, state = update(grads, state, params, dict(zip(MODS, losses)))
+    outs.append(u)
+    states.append(state)
+    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, u)
+  return outs, states
+
+
+def sequence(seed=0):
+  rng = np.random.default_rng(seed)
+  params = make_params(rng)
+  grads_seq, losses_seq = [], []
+  for step in range(SPE * EPOCHS):
+    scale = SCALES[step // SPE]
+    g = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    for i, m in enumerate(MODS):
+      g[m] = jax.tree.map(lambda x, s=scale[i]: x * s, g[m])
+    grads_seq.append(g)
+    losses_seq.append(rng.uniform(0.5, 2.0, size=3).astype(np.float32))
+  return params, grads_seq, losses_seq
+
+
+def test_matches_numpy_reference_over_epochs():
+  params, grads_seq, losses_seq = sequence()
+  tx = inforeg_transform(LABELS, steps_per_epoch=SPE, beta=0.9, threshold=0.04, warmup_epochs=2,
+                         modalities=MODS)
+  outs, states = run_transform(tx, params, grads_seq, losses_seq)
+  ref, history = reference_paper(params, grads_seq, losses_seq, 0.9, 0.04, 2)
+  for got, want in zip(outs, ref):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+  # Traces of the closed epochs, newest last.
+  got_hist = np.asarray(states[-1].trace_history)[-len(history):]
+  np.testing.assert_allclose(got_hist, np.stack(history), rtol=1e-5)
+  # The criterion switched both on and off after the warm-up, for more than one modality.
+  windows = np.stack([np.asarray(s.in_window) for s in states[2 * SPE:]])
+  assert windows.any(axis=0)[:2].all() and (~windows).any(axis=0)[:2].all()
+  alphas = np.stack([np.asarray(s.alpha) for s in states])
+  assert (alphas[: 2 * SPE] == 0).all()  # warm-up
+  assert (alphas > 1).any()  # regulation happened
+  head_grads = [np.asarray(o["head"]["w"]) for o in outs]
+  np.testing.assert_array_equal(head_grads, [g["head"]["w"] for g in grads_seq])
+
+
+def test_regulation_targets_leading_modality_only():
+  params, grads_seq, _ = sequence(1)
+  # audio best (lowest loss), text worst: audio and visual are ahead, text never.
+  losses_seq = [np.array([0.2, 0.9, 1.5], np.float32)] * len(grads_seq)
+  tx = inforeg_transform(LABELS, steps_per_epoch=SPE, window="whole", warmup_epochs=0,
+                         modalities=MODS)
+  _, states = run_transform(tx, params, grads_seq, losses_seq)
+  alpha = np.asarray(states[-1].alpha)
+  np.testing.assert_allclose(alpha[0], math.exp(0.9 * math.tanh((0.7 + 1.3) / 2)), rtol=1e-6)
+  np.testing.assert_allclose(alpha[1], math.exp(0.9 * math.tanh(0.6)), rtol=1e-6)
+  assert alpha[2] == 0
+
+
+def test_first_step_of_epoch_anchors_at_params():
+  params, grads_seq, losses_seq = sequence(2)
+  tx = inforeg_transform(LABELS, steps_per_epoch=SPE, window="whole", warmup_epochs=0)
+  outs, states = run_transform(tx, params, grads_seq, losses_seq)
+  # At a step that opens an epoch, w - anchor = 0: the gradient passes unchanged.
+  for step in range(0, len(outs), SPE):
+    chex.assert_trees_all_close(outs[step], grads_seq[step], rtol=1e-6)
+  assert not np.allclose(np.asarray(outs[1]["audio"]["w"]), grads_seq[1]["audio"]["w"])
+
+
+def reference_official(params, grads_seq, scores_seq):
+  """The released code's rules (METHOD.md), two modalities, audio first."""
+  out, hist, anchor, sums = [], [0.0] * 10, None, np.zeros(2)
+  k = 1.0
+  for step, (grads, s) in enumerate(zip(grads_seq, scores_seq)):
+    if step % SPE == 0:
+      if step > 0:
+        hist.append(sums[0])
+        sums = np.zeros(2)
+        k = (np.mean(hist[-10:]) - np.mean(hist[-11:-1])) / np.mean(hist[-10:])
+      anchor = {m: {n: v.copy() for n, v in d.items()} for m, d in params.items()}
+    coef = [0.0, 0.0]
+    if k > 0.05:
+      if s[0] > s[1]:
+        coef[0] = 0.95 * math.exp(math.tanh(s[0] - s[1]))
+      elif s[1] > s[0]:
+        coef[1] = 0.10 * math.exp(math.tanh(s[1] - s[0]))
+    new = {m: {n: v.copy() for n, v in d.items()} for m, d in grads.items()}
+    for i, m in enumerate(("audio", "visual")):
+      for n in new[m]:
+        new[m][n] = new[m][n] + coef[i] * (params[m][n] - anchor[m][n])
+        if new[m][n].ndim >= 2:
+          sums[i] += float(np.mean(new[m][n].astype(np.float64) ** 2))
+    out.append(new)
+    params = {m: {n: v - 0.1 * new[m][n] for n, v in d.items()} for m, d in params.items()}
+  return out
+
+
+def test_official_variant_matches_released_rules():
+  rng = np.random.default_rng(3)
+  params = {"audio": {"k": rng.normal(size=(3, 2)).astype(np.float32)},
+            "visual": {"k": rng.normal(size=(2, 2)).astype(np.float32),
+                       "b": rng.normal(size=(2,)).astype(np.float32)},
+            "head": {"k": rng.normal(size=(2, 2)).astype(np.float32)}}
+  labels = {"audio": {"k": "audio"}, "visual": {"k": "visual", "b": "visual"}, "head": {"k": None}}
+  grads_seq, scores_seq = [], []
+  for step in range(SPE * 14):
+    grads_seq.append(jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params))
+    scores_seq.append(rng.uniform(0, 3, size=2).astype(np.float32))
+  tx = inforeg_transform(labels, steps_per_epoch=SPE, variant="official")
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p, sc: tx.update(g, s, p, unimodal_scores=sc))
+  p = params
+  ref = reference_official(params, grads_seq, scores_seq)
+  on = []
+  for g, sc, want in zip(grads_seq, scores_seq, ref):
+    u, state = update(g, state, p, {"audio": sc[0], "visual": sc[1]})
+    chex.assert_trees_all_close(u, want, rtol=1e-5, atol=1e-6)
+    on.append(bool(state.in_window[0]))
+    p = jax.tree.map(lambda a, b: a - 0.1 * b, p, u)
+  assert on[0] and not on[-1]  # the padded moving average opens, then closes the window
+
+
+# ---- the optax contract -------------------------------------------------------------------
+
+
+def small():
+  params = {"audio": {"w": jnp.ones((2, 2))}, "visual": {"w": jnp.full((3,), 2.0)},
+            "head": {"w": jnp.zeros((2,))}}
+  labels = {"audio": {"w": "audio"}, "visual": {"w": "visual"}, "head": {"w": None}}
+  losses = {"audio": jnp.float32(0.3), "visual": jnp.float32(1.2)}
+  return params, labels, losses
+
+
+def test_jit_without_recompilation_and_ignores_unknown_extras():
+  params, labels, losses = small()
+  tx = inforeg_transform(labels, steps_per_epoch=2)
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, unimodal_losses=losses, other_thing=3))
+  _, state = update(params, state, params)
+  _, state = update(params, state, params)
+  assert update._cache_size() == 1
+  chex.assert_trees_all_equal_structs(state, tx.init(params))
+
+
+def test_inside_chain_and_inject_hyperparams():
+  params, labels, losses = small()
+  tx = optax.chain(
+      optax.inject_hyperparams(inforeg_transform)(labels, steps_per_epoch=1, beta=0.5,
+                                                  threshold=0.04, warmup_epochs=0,
+                                                  window="whole"),
+      optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+  state = tx.init(params)
+  for _ in range(3):
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(lambda g, s, p: tx.update(g, s, p, unimodal_losses=losses))(
+        grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert float(state[0].hyperparams["beta"]) == 0.5
+  diag = inforeg_diagnostics(state, ("audio", "visual"))
+  np.testing.assert_allclose(diag["alpha_audio"], math.exp(0.5 * math.tanh(0.9)), rtol=1e-6)
+  assert float(diag["alpha_visual"]) == 0.0
+  assert diag["trace_history_audio"].shape == (11,)
+
+
+def test_bf16_params_stay_bf16():
+  params, labels, losses = small()
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  tx = inforeg_transform(labels, steps_per_epoch=2, warmup_epochs=0, window="whole")
+  state = tx.init(params)
+  updates, state = tx.update(params, state, params, unimodal_losses=losses)
+  updates, state = tx.update(updates, state, jax.tree.map(lambda p: p * 0.5, params),
+                             unimodal_losses=losses)
+  chex.assert_trees_all_equal_dtypes(updates, params)
+  chex.assert_trees_all_equal_dtypes(state.epoch_anchor, params)
+  assert state.grad_sq_sum.dtype == jnp.float32
+
+
+def test_param_labels_as_function():
+  params, labels, losses = small()
+  tx = inforeg_transform(lambda p: labels, steps_per_epoch=2)
+  state = tx.init(params)
+  tx.update(params, state, params, unimodal_losses=losses)
+  assert find_inforeg_state(state).grad_sq_sum.shape == (2,)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps_per_epoch=0), "steps_per_epoch"),
+    (dict(steps_per_epoch=2, beta=-1.0), "beta"),
+    (dict(steps_per_epoch=2, variant="nope"), "variant"),
+    (dict(steps_per_epoch=2, window="nope"), "window"),
+])
+def test_bad_hyperparameters(kwargs, message):
+  _, labels, _ = small()
+  with pytest.raises(ValueError, match=message):
+    inforeg_transform(labels, **kwargs)
+
+
+def test_bad_labels_and_missing_losses():
+  params, labels, losses = small()
+  with pytest.raises(ValueError, match="structure"):
+    inforeg_transform({"audio": "audio"}, steps_per_epoch=2).init(params)
+  one = jax.tree.map(lambda l: "audio" if l else None, labels, is_leaf=lambda x: x is None)
+  with pytest.raises(ValueError, match=">= 2 modalities"):
+    inforeg_transform(one, steps_per_epoch=2).init(params)
+  tx = inforeg_transform(labels, steps_per_epoch=2)
+  with pytest.raises(ValueError, match="unimodal_losses"):
+    tx.update(params, tx.init(params), params)

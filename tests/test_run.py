@@ -1,0 +1,51 @@
+"""The CLI end to end on tiny presets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("method", ["joint", "inforeg", "inforeg_uni"])
+def test_tiny_run_writes_metrics_and_summary(tmp_path, method):
+  workdir = str(tmp_path / method)
+  assert run.main(["--tiny", f"--method={method}", "--limit_train=256", "--epochs=3",
+                   f"--workdir={workdir}"]) == 0
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["epoch"] for r in rows] == [0, 1, 2]
+  for key in ("train_loss", "acc", "acc_audio", "acc_visual", "trace_audio", "trace_visual"):
+    assert all(key in r for r in rows), key
+  assert all(0 <= r["acc"] <= 1 for r in rows)
+  if method.startswith("inforeg"):
+    assert "alpha_audio" in rows[0] and "window_visual" in rows[0]
+    assert rows[0]["alpha_audio"] == 0 and rows[1]["alpha_audio"] == 0  # warm-up epochs
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["dataset"] == "synthetic" and summary["method"] == method
+  assert summary["num_devices"] >= 1 and summary["epochs"] == 3
+  assert set(summary["final"]) == {"acc", "acc_audio", "acc_visual"}
+  assert summary["best"]["acc"] == max(r["acc"] for r in rows)
+
+
+def test_bad_flag_is_one_clear_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.run", "--method=nope"],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert "--method must be one of" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_prepared_data_names_the_prep_command(tmp_path, capsys):
+  assert run.main(["--dataset=cremad", f"--data_dir={tmp_path}/nothing"]) == 2
+  err = capsys.readouterr().err
+  assert "python -m data_prep.cremad" in err and "Traceback" not in err

@@ -14,7 +14,11 @@ from inforeg_jax.trainer import train
 
 
 def main(argv=None) -> int:
-  cfg, _ = parse_flags(argv)
+  cfg, args = parse_flags(argv)
+  if args.distributed or args.coordinator_address:
+    import jax
+
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:
     summary = train(cfg)
   except (MissingDataError, ValueError) as e:

@@ -38,6 +38,8 @@ class Config:
   workdir: str = "runs/default"
   eval_batch_size: int = 256
   limit_train: int = 0  # use only the first N training samples (0: all); for tests
+  resume: bool = False  # continue from <workdir>/checkpoints' latest
+  modalities: str = ""  # comma-separated subset to train on (a unimodal baseline); "" = all
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -54,7 +56,7 @@ class Config:
 
 # Per-dataset defaults: the paper's settings where the paper has them.
 PRESETS: dict[str, dict] = {
-    "synthetic": dict(epochs=20, learning_rate=0.01, lr_step_epochs=15, encoder="small_cnn",
+    "synthetic": dict(epochs=25, learning_rate=0.01, lr_step_epochs=20, encoder="small_cnn",
                       width=16),
     "avmnist": dict(epochs=30, learning_rate=0.01, encoder="small_cnn", width=16),
     "cremad": dict(epochs=50, learning_rate=0.002, encoder="resnet18", width=64),
@@ -81,9 +83,21 @@ def parse_flags(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Nam
   defaults = Config()
   for f in dataclasses.fields(Config):
     kind = type(getattr(defaults, f.name))
+    if kind is bool:
+      kind = lambda v: v.lower() in ("1", "true", "yes", "")
+      parser.add_argument(f"--{f.name}", type=kind, nargs="?", const=True, default=None,
+                          help=f"default {getattr(defaults, f.name)!r}")
+      continue
     parser.add_argument(f"--{f.name}", type=kind, default=None,
                         help=f"default {getattr(defaults, f.name)!r} (or the dataset preset)")
   parser.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke run")
+  dist = parser.add_argument_group("multi-host (jax.distributed.initialize)")
+  dist.add_argument("--distributed", action="store_true",
+                    help="initialise jax.distributed (auto-detects SLURM, TPU, ... when the "
+                    "three flags below are not given)")
+  dist.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  dist.add_argument("--num_processes", type=int, default=None)
+  dist.add_argument("--process_id", type=int, default=None)
   args = parser.parse_args(argv)
   overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                if getattr(args, f.name) is not None and f.name != "dataset"}

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +19,14 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from inforeg_jax import checkpoint
 from inforeg_jax.config import Config
-from inforeg_jax.data import Dataset, load_dataset
+from inforeg_jax.data import Dataset, load_dataset, select_modalities
 from inforeg_jax.data import pipeline
 from inforeg_jax.model_zoo import build_model
 from inforeg_jax.models import modality_labels
 from inforeg_jax.regulation import inforeg_transform, resolve_labels
-from inforeg_jax.train import create_state, make_eval_step, make_train_step
+from inforeg_jax.train import TrainState, create_state, make_eval_step, make_train_step
 
 
 def uses_unimodal_losses(cfg: Config) -> bool:
@@ -70,35 +72,34 @@ def _to_global(batch, sharding):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) -> dict:
-  """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
-  # Mesh: data parallel over every device of every process.
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+@dataclasses.dataclass
+class Program:
+  """What a run executes: the model, its optimizer, the sharded state and the jitted steps."""
+
+  model: Any
+  tx: optax.GradientTransformationExtraArgs
+  state: TrainState
+  train_step: Callable  # (state, batch, rng) -> (state, metrics); the state is donated
+  eval_step: Callable  # (state, batch) -> metric sums
+
+
+def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> Program:
+  """Model and optimizer from ``cfg``, the state replicated over ``mesh``, the steps jitted
+  with the batch sharded along its "data" axis."""
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  if cfg.batch_size % jax.device_count() or cfg.eval_batch_size % jax.device_count():
-    raise ValueError(f"--batch_size and --eval_batch_size must be multiples of the "
-                     f"{jax.device_count()} devices")
-
-  # Input.
-  dataset = dataset or load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-  train_arrays = dataset.train
-  if cfg.limit_train:
-    train_arrays = {k: v[:cfg.limit_train] for k, v in train_arrays.items()}
-  steps = pipeline.steps_per_epoch(train_arrays, cfg.batch_size)
   modalities = dataset.modalities
-
-  # Model and optimizer.
   model = build_model(cfg, dataset)
-  example = {m: jnp.asarray(v[:2]) for m, v in dataset.train.items() if m != "label"}
-  init_rng, step_rng = jax.random.split(jax.random.key(cfg.seed))
+  example = {m: jnp.zeros((2,) + v.shape[1:], v.dtype) for m, v in dataset.train.items()
+             if m != "label"}
+  if dataset.preprocess is not None:
+    example = dataset.preprocess({"inputs": example}, jax.random.key(0), False)["inputs"]
+  init_rng = jax.random.key(cfg.seed)
   params_shape = jax.eval_shape(lambda: model.init({"params": init_rng, "dropout": init_rng},
                                                    example, train=False))["params"]
   labels = modality_labels(params_shape, modalities)
-  tx = make_optimizer(cfg, labels, steps, modalities)
+  tx = make_optimizer(cfg, labels, steps_per_epoch, modalities)
   state = jax.jit(lambda r: create_state(model, tx, example, r),
                   out_shardings=replicated)(init_rng)
-
-  # Steps, jitted once; the state is donated.
   train_step = jax.jit(
       make_train_step(model, tx, resolve_labels(labels, params_shape), modalities,
                       1.0 if uses_unimodal_losses(cfg) else 0.0, dataset.preprocess),
@@ -106,15 +107,55 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) ->
       out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, modalities, dataset.preprocess),
                       in_shardings=(replicated, data_sharding))
+  return Program(model, tx, state, train_step, eval_step)
 
+
+def make_mesh():
+  """Data parallelism over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) -> dict:
+  """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
+  mesh = make_mesh()
+  data_sharding = NamedSharding(mesh, P("data"))
+  if cfg.batch_size % jax.device_count() or cfg.eval_batch_size % jax.device_count():
+    raise ValueError(f"--batch_size and --eval_batch_size must be multiples of the "
+                     f"{jax.device_count()} devices")
+
+  # Input.
+  dataset = dataset or load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+  if cfg.modalities:
+    dataset = select_modalities(dataset, cfg.modalities.split(","))
+  train_arrays = dataset.train
+  if cfg.limit_train:
+    train_arrays = {k: v[:cfg.limit_train] for k, v in train_arrays.items()}
+  steps = pipeline.steps_per_epoch(train_arrays, cfg.batch_size)
+  modalities = dataset.modalities
+
+  # Model, optimizer, sharded state, jitted steps.
+  program = build_program(cfg, dataset, steps, mesh)
+  state, train_step, eval_step = program.state, program.train_step, program.eval_step
+  step_rng = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+
+  # Checkpoints: resume from the latest when asked.
   os.makedirs(cfg.workdir, exist_ok=True)
+  ckpt = checkpoint.manager(cfg.workdir)
+  history, first_epoch = [], 0
+  if cfg.resume:
+    restored = checkpoint.restore_latest(ckpt, state)
+    if restored is not None:
+      state, loop = restored
+      history, first_epoch = loop["history"], loop["history"][-1]["epoch"] + 1
+
   metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
-  history = []
-  bar = tqdm(total=cfg.epochs * steps, desc=f"{cfg.dataset}/{cfg.method}", unit="step",
-             disable=not progress or jax.process_index() != 0)
+  bar = tqdm(total=cfg.epochs * steps, initial=first_epoch * steps, unit="step",
+             desc=f"{cfg.dataset}/{cfg.method}", disable=not progress or jax.process_index() != 0)
   t0 = time.time()
   with open(metrics_path, "w") as log:
-    for epoch in range(cfg.epochs):
+    for row in history:
+      log.write(json.dumps(row) + "\n")
+    for epoch in range(first_epoch, cfg.epochs):
       records = []
       for batch in pipeline.train_batches(train_arrays, cfg.batch_size, cfg.seed, epoch,
                                           process_index=jax.process_index(),
@@ -137,6 +178,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) ->
       history.append(row)
       log.write(json.dumps(row) + "\n")
       log.flush()
+      checkpoint.save(ckpt, epoch, state, {"history": history})
       bar.set_postfix(acc=f"{row['acc']:.3f}",
                       **{m[:1]: f"{row[f'acc_{m}']:.3f}" for m in modalities})
   bar.close()

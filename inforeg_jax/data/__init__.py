@@ -24,6 +24,16 @@ class Dataset:
     return tuple(self.kinds)
 
 
+def select_modalities(dataset: Dataset, names) -> Dataset:
+  """The dataset restricted to ``names`` (a unimodal or partial baseline)."""
+  unknown = set(names) - set(dataset.kinds)
+  if unknown:
+    raise ValueError(f"--modalities: {sorted(unknown)} not in {list(dataset.kinds)}")
+  keep = lambda arrays: {k: v for k, v in arrays.items() if k in names or k == "label"}
+  return dataclasses.replace(dataset, train=keep(dataset.train), test=keep(dataset.test),
+                             kinds={m: k for m, k in dataset.kinds.items() if m in names})
+
+
 def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
   """The dataset ``name``; real datasets are read from ``data_dir`` (prepared records)."""
   if name == "synthetic":
@@ -31,4 +41,5 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
     return Dataset(name, splits["train"], splits["test"], SyntheticSpec.num_classes,
                    {"audio": "spectrogram", "visual": "frames"})
   from inforeg_jax.data import records  # real data: prepared by data_prep
+
   return records.load_prepared(name, data_dir)

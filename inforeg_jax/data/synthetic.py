@@ -32,10 +32,10 @@ class SyntheticSpec:
   frames: int = 2
   image_size: int = 24
   template_size: int = 5
-  audio_amplitude: float = 1.5  # template scale against unit noise
-  audio_stamps: int = 4  # template copies per sample
+  audio_amplitude: float = 3.0  # template scale against unit noise
+  audio_stamps: int = 6  # template copies per sample
   audio_confusion: float = 0.3  # fraction of samples whose audio shows another class
-  visual_amplitude: float = 0.8
+  visual_amplitude: float = 0.9
   visual_stamps: int = 3  # per frame
   visual_confusion: float = 0.3  # fraction of samples whose frames show another class
   seed: int = 0

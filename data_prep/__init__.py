@@ -1,0 +1,1 @@
+"""Dataset preparation CLIs: ``python -m data_prep.<name> --<flag>=<value>``."""

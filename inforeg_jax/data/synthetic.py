@@ -4,12 +4,13 @@ Each class c has, per modality, a random local template (k x k x channels). A sa
 Gaussian noise with the class template stamped at random places:
 
 - ``audio`` [F, T] "spectrogram": the information-sufficient modality. A strong template,
-  stamped often, so a conv encoder learns it within an epoch or two; but for a fraction
-  ``audio_confusion`` of the samples the template of a random other class is stamped, so
-  audio alone cannot reach full accuracy.
+  stamped often, so a conv encoder learns it within an epoch or two; but a fraction
+  ``audio_missing`` of the samples carry no template, so audio alone cannot be perfect.
 - ``visual`` [frames, H, W, 3]: the information-insufficient modality. A faint template,
   stamped rarely, in heavy noise: a unimodal model learns it well, slowly; trained jointly,
-  the fast audio branch fits the labels first and the visual branch is starved.
+  the fast audio branch fits the labels first and the visual branch is starved. A fraction
+  ``visual_missing`` of the samples carry no visual template either; the two are drawn
+  independently, so a model that learns both modalities beats either alone.
 
 Everything is generated from ``seed`` with NumPy: no download.
 """
@@ -34,10 +35,10 @@ class SyntheticSpec:
   template_size: int = 5
   audio_amplitude: float = 3.0  # template scale against unit noise
   audio_stamps: int = 6  # template copies per sample
-  audio_confusion: float = 0.3  # fraction of samples whose audio shows another class
+  audio_missing: float = 0.3  # fraction of samples whose audio shows no template
   visual_amplitude: float = 0.9
   visual_stamps: int = 3  # per frame
-  visual_confusion: float = 0.3  # fraction of samples whose frames show another class
+  visual_missing: float = 0.3  # fraction of samples whose frames show no template
   seed: int = 0
 
 
@@ -52,24 +53,23 @@ def _stamp(rng, canvas, template, count):
       canvas[i, ys[i]:ys[i] + k, xs[i]:xs[i] + k] += template[i]
 
 
-def _confuse(rng, labels, num_classes, fraction):
-  """The class each sample's template shows: its label, or for ``fraction`` another class."""
-  n = len(labels)
-  other = (labels + rng.integers(1, num_classes, n)) % num_classes
-  return np.where(rng.random(n) < fraction, other, labels)
+def _presence(rng, n, fraction):
+  """f32[n, 1, 1, 1]: 0 for the ``fraction`` of samples that show no template, else 1."""
+  return (rng.random(n) >= fraction).astype(np.float32)[:, None, None, None]
 
 
 def _split(spec: SyntheticSpec, rng, templates, n):
   c = spec.num_classes
   labels = rng.integers(0, c, n)
-  audio_class = _confuse(rng, labels, c, spec.audio_confusion)
-  visual_class = _confuse(rng, labels, c, spec.visual_confusion)
+  audio_on = _presence(rng, n, spec.audio_missing)
+  visual_on = np.repeat(_presence(rng, n, spec.visual_missing), spec.frames, axis=0)
   audio = rng.standard_normal((n, *spec.audio_shape, 1)).astype(np.float32)
-  _stamp(rng, audio, spec.audio_amplitude * templates["audio"][audio_class], spec.audio_stamps)
+  _stamp(rng, audio, spec.audio_amplitude * audio_on * templates["audio"][labels],
+         spec.audio_stamps)
   s = spec.image_size
   visual = rng.standard_normal((n * spec.frames, s, s, 3)).astype(np.float32)
-  _stamp(rng, visual, spec.visual_amplitude * np.repeat(templates["visual"][visual_class], spec.frames,
-                                                         axis=0), spec.visual_stamps)
+  _stamp(rng, visual, spec.visual_amplitude * visual_on * np.repeat(
+      templates["visual"][labels], spec.frames, axis=0), spec.visual_stamps)
   return {
       "audio": audio[..., 0],
       "visual": visual.reshape(n, spec.frames, s, s, 3),

@@ -1,0 +1,70 @@
+"""python -m experiments.table DIR... : gathers summary.json files into a Markdown table.
+
+A row per setting (dataset, method, modalities trained, fusion, window, variant), seeds
+pooled as mean +- std; columns: final fused accuracy, final accuracy of each modality
+through the head, best fused accuracy (best-on-test: optimistic), seeds. Percentages.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+
+def find_summaries(paths):
+  for path in paths:
+    if os.path.isfile(path):
+      yield path
+    else:
+      yield from sorted(glob.glob(os.path.join(path, "**", "summary.json"), recursive=True))
+
+
+def cell(values):
+  if not values:
+    return "-"
+  v = 100 * np.asarray(values)
+  return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def render(paths) -> str:
+  groups, modalities = defaultdict(list), []
+  for path in find_summaries(paths):
+    with open(path) as f:
+      s = json.load(f)
+    c = s["config"]
+    key = (s["dataset"], s["method"], c.get("modalities") or "all", c.get("fusion", "concat"),
+           c.get("window", "prime"), c.get("variant", "paper"))
+    groups[key].append(s)
+    for k in s["final"]:
+      if k.startswith("acc_") and k[4:] not in modalities:
+        modalities.append(k[4:])
+  if not groups:
+    raise SystemExit("error: no summary.json under " + " ".join(paths))
+  head = (["dataset", "method", "modalities", "fusion", "window", "variant", "acc"]
+          + [f"acc {m}" for m in modalities] + ["best acc", "seeds"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key, runs in sorted(groups.items()):
+    row = list(key) + [cell([r["final"]["acc"] for r in runs])]
+    row += [cell([r["final"][f"acc_{m}"] for r in runs if f"acc_{m}" in r["final"]])
+            for m in modalities]
+    row += [cell([r["best"]["acc"] for r in runs]), str(len(runs))]
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines) + "\n\nAccuracies in %, final epoch unless marked best (best-on-test " \
+                            "is optimistic); mean ± std over seeds.\n"
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv:
+    raise SystemExit("usage: python -m experiments.table DIR [DIR ...]")
+  print(render(argv))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -15,6 +15,7 @@ import sys
 from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from inforeg_jax.data import records
 
@@ -48,6 +49,42 @@ def already_done(out_dir: str, source_fingerprint: str) -> bool:
     print(f"{out_dir} is already prepared from these inputs (manifest.json): nothing to do")
     return True
   return False
+
+
+def process_clips(items, process, cache_dir: str, desc: str, skipped: dict):
+  """Runs ``process(clip) -> dict of arrays`` over ``items`` [(clip, label)], caching each
+  clip's result under ``cache_dir`` (an interrupted run resumes from it). A clip whose
+  ``process`` raises is recorded in ``skipped`` with the reason, never fatal.
+  Returns the stacked arrays plus ``label``, or None when no clip was usable."""
+  os.makedirs(cache_dir, exist_ok=True)
+  out, labels = {}, []
+  for clip, label in tqdm(items, desc=desc, unit="clip"):
+    cached = os.path.join(cache_dir, f"{clip}.npz")
+    try:
+      if os.path.exists(cached):
+        with np.load(cached) as z:
+          arrays = {k: z[k] for k in z.files}
+      else:
+        arrays = process(clip)
+        np.savez(cached + ".tmp.npz", **arrays)
+        os.replace(cached + ".tmp.npz", cached)
+    except Exception as e:  # corrupt or missing input: reported in the manifest and printed
+      skipped[clip] = f"{type(e).__name__}: {e}"
+      continue
+    for k, v in arrays.items():
+      out.setdefault(k, []).append(v)
+    labels.append(label)
+  if not labels:
+    return None
+  return {**{k: np.stack(v) for k, v in out.items()}, "label": np.asarray(labels, np.int32)}
+
+
+def md5(path: str) -> str:
+  h = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
 
 
 def split_counts(labels: np.ndarray, num_classes: int) -> dict:

@@ -21,7 +21,6 @@ import av
 import numpy as np
 import soundfile
 from scipy.signal import resample_poly
-from tqdm import tqdm
 
 from data_prep import common
 from inforeg_jax.data import records
@@ -96,7 +95,7 @@ def main() -> None:
     for clip in sorted(wavs):
       parts = clip.split("_")
       if len(parts) < 3 or parts[2] not in CLASSES:
-        skipped[wavs[clip]] = f"unknown label in the name (expected one of {sorted(CLASSES)})"
+        skipped[clip] = f"unknown label in the name (expected one of {sorted(CLASSES)})"
       else:
         labelled[clip] = CLASSES[parts[2]]
     order = np.random.default_rng(int(args.seed)).permutation(sorted(labelled))
@@ -109,35 +108,19 @@ def main() -> None:
   if common.already_done(args.out_dir, fp):
     return
 
-  cache = os.path.join(args.out_dir, ".cache")
-  os.makedirs(cache, exist_ok=True)
+  def process(clip: str) -> dict:
+    wav, flv = wavs.get(clip), os.path.join(raw, "VideoFlash", f"{clip}.flv")
+    if wav is None or not os.path.exists(flv):
+      raise FileNotFoundError(f"no {'AudioWAV' if wav is None else 'VideoFlash'} file")
+    return {"audio": audio_features(wav), "visual": video_frames(flv, frames, size)}
+
   counts, shapes = {}, {}
   for split, clips in splits.items():
-    audio, visual, labels = [], [], []
-    for clip, label in tqdm(sorted(clips.items()), desc=f"CREMA-D {split}", unit="clip"):
-      wav, flv = wavs.get(clip), os.path.join(raw, "VideoFlash", f"{clip}.flv")
-      if wav is None or not os.path.exists(flv):
-        skipped[flv if wav else os.path.join(raw, "AudioWAV", f"{clip}.wav")] = "missing file"
-        continue
-      cached = os.path.join(cache, f"{clip}.npz")
-      try:
-        if os.path.exists(cached):
-          with np.load(cached) as z:
-            a, v = z["audio"], z["visual"]
-        else:
-          a, v = audio_features(wav), video_frames(flv, frames, size)
-          np.savez(cached + ".tmp.npz", audio=a, visual=v)
-          os.replace(cached + ".tmp.npz", cached)
-      except Exception as e:  # corrupt wav or video: reported, never fatal
-        skipped[f"{clip} (.wav/.flv)"] = f"unreadable ({type(e).__name__}: {e})"
-        continue
-      audio.append(a)
-      visual.append(v)
-      labels.append(label)
-    if not labels:
+    arrays = common.process_clips(sorted(clips.items()), process,
+                                  os.path.join(args.out_dir, ".cache"), f"CREMA-D {split}",
+                                  skipped)
+    if arrays is None:
       raise common.PrepError(f"no usable {split} clips under {raw}")
-    arrays = {"audio": np.stack(audio), "visual": np.stack(visual),
-              "label": np.asarray(labels, np.int32)}
     records.write_split(args.out_dir, split, arrays)
     counts[split] = common.split_counts(arrays["label"], len(CLASSES))
     shapes = {k: list(v.shape[1:]) for k, v in arrays.items() if k != "label"}

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import jax.experimental.multihost_utils
+from sklearn.metrics import f1_score
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
@@ -58,14 +60,19 @@ def _mean_records(records: list[dict]) -> dict[str, float]:
 
 
 def evaluate(eval_step, state, arrays, batch_size, data_sharding, modalities) -> dict[str, float]:
-  sums = None
+  """Fused and per-modality accuracy, loss and macro-F1 of the fused prediction."""
+  sums, preds = None, []
   for batch in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
     out = eval_step(state, _to_global(batch, data_sharding))
-    out.pop("pred")
+    preds.append(out.pop("pred"))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   n = sums.pop("count")
-  return {k: float(v / n) for k, v in sums.items()}
+  metrics = {k: float(v / n) for k, v in sums.items()}
+  pred = np.concatenate([np.asarray(jax.experimental.multihost_utils.process_allgather(p, tiled=True))
+                         for p in preds])[:pipeline.num_examples(arrays)]
+  metrics["f1_macro"] = float(f1_score(np.asarray(arrays["label"]), pred, average="macro"))
+  return metrics
 
 
 def _to_global(batch, sharding):
@@ -188,7 +195,8 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) ->
       "dataset": cfg.dataset, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs,
       "num_devices": jax.device_count(), "num_processes": jax.process_count(),
       "accuracy_unit": "fraction",
-      "final": {k: v for k, v in history[-1].items() if k == "acc" or k.startswith("acc_")},
+      "final": {k: v for k, v in history[-1].items()
+                if k in ("acc", "f1_macro") or k.startswith("acc_")},
       "best": {"acc": best["acc"], "epoch": best["epoch"]},
       "train_seconds": round(time.time() - t0, 2),
       "config": dataclasses.asdict(cfg),

@@ -34,7 +34,7 @@ def test_tiny_run_writes_metrics_and_summary(tmp_path, method):
     summary = json.load(f)
   assert summary["dataset"] == "synthetic" and summary["method"] == method
   assert summary["num_devices"] >= 1 and summary["epochs"] == 3
-  assert set(summary["final"]) == {"acc", "acc_audio", "acc_visual"}
+  assert set(summary["final"]) == {"acc", "acc_audio", "acc_visual", "f1_macro"}
   assert summary["best"]["acc"] == max(r["acc"] for r in rows)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Sequence
 
 DATASETS = ("synthetic", "avmnist", "cremad", "kinetics_sounds", "mosi")
-METHODS = ("joint", "joint_uni", "inforeg", "inforeg_uni")
+from inforeg_jax.methods import METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,17 @@ class Config:
   threshold: float = 0.04
   warmup_epochs: int = 2
   variant: str = "paper"
-  window: str = "prime"
+  window: str = "prime"  # for every modulating method: prime | whole | other (Table 4)
+  # baselines (their papers' defaults where they give one; see inforeg_jax/balancing.py)
+  ogm_alpha: float = 0.1
+  ogm_noise: bool = True
+  ogm_start: int = 0
+  ogm_end: int = 50
+  agm_alpha: float = 1.0
+  pmr_alpha: float = 1.0
+  greedy_threshold: float = 0.1
+  gb_every: int = 5  # G-Blending super-epoch (epochs between weight updates)
+  gb_holdout: float = 0.1  # fraction of the training set held out for G-Blending
   # model
   fusion: str = "concat"
   encoder: str = "small_cnn"  # small_cnn | resnet18 | transformer
@@ -48,6 +58,10 @@ class Config:
       raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError("--epochs and --batch_size must be >= 1")
+    if self.window not in ("prime", "whole", "other"):
+      raise ValueError(f"--window must be prime, whole or other; got {self.window!r}")
+    if self.fusion not in ("concat", "sum", "film", "gated"):
+      raise ValueError(f"--fusion must be concat, sum, film or gated; got {self.fusion!r}")
     if self.variant not in ("paper", "official"):
       raise ValueError(f"--variant must be paper or official; got {self.variant!r}")
     if self.compute_dtype not in ("float32", "bfloat16"):

@@ -82,11 +82,22 @@ def performance_gap(unimodal_losses: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(worse, diff, 0.0), axis=1) / jnp.maximum(count, 1)
 
 
+def close_epoch(count, steps_per_epoch, grad_sq_sum, trace_history, divisor):
+  """At the first step of an epoch (count > 0): the finished epoch's trace (its sum of
+  ||g_m||^2 over ``divisor``) enters the history, newest last, and the sum restarts.
+  Returns (trace_history, grad_sq_sum)."""
+  new_epoch = (count % steps_per_epoch == 0) & (count > 0)
+  rolled = jnp.concatenate([trace_history[1:], (grad_sq_sum / divisor)[None]])
+  return (jnp.where(new_epoch, rolled, trace_history),
+          jnp.where(new_epoch, 0.0, grad_sq_sum))
+
+
 def prime_window(trace_history: jax.Array, threshold) -> jax.Array:
-  """bool[M]: Eq. 11 per modality, (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} > K; False if Tr^{t-1}=0."""
+  """bool[M]: Eq. 11 per modality, (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} > K; False until both
+  epochs have a trace (a missing Tr^{t-2} is not a rise)."""
   last, before = trace_history[-1], trace_history[-2]
   safe = jnp.where(last > 0, last, 1.0)
-  return (last > 0) & ((last - before) / safe > threshold)
+  return (last > 0) & (before > 0) & ((last - before) / safe > threshold)
 
 
 def official_window(trace_history: jax.Array, lead: int, threshold, epoch) -> jax.Array:
@@ -182,14 +193,10 @@ def inforeg_transform(
       raise ValueError("inforeg_transform needs params (the regulation is w - w_anchor)")
     flat, names = setup(params)
     epoch = state.count // steps_per_epoch
-    new_epoch = (state.count % steps_per_epoch == 0) & (state.count > 0)
-
     # Close the previous epoch: its trace enters the history, the anchor moves to params.
-    closed_trace = state.grad_sq_sum / (1.0 if variant == "official" else steps_per_epoch)
-    trace_history = jnp.where(
-        new_epoch, jnp.concatenate([state.trace_history[1:], closed_trace[None]]),
-        state.trace_history)
-    grad_sq_sum = jnp.where(new_epoch, 0.0, state.grad_sq_sum)
+    trace_history, grad_sq_sum = close_epoch(
+        state.count, steps_per_epoch, state.grad_sq_sum, state.trace_history,
+        1.0 if variant == "official" else steps_per_epoch)
     anchor = jax.tree.map(lambda w, a: jnp.where(state.count % steps_per_epoch == 0, w, a),
                           params, state.epoch_anchor)
 

@@ -52,7 +52,7 @@ def reference_paper(params, grads_seq, losses_seq, beta, k, warmup):
       delta = np.mean(worse) if worse else 0.0
       t1 = history[-1][i] if len(history) >= 1 else 0.0
       t2 = history[-2][i] if len(history) >= 2 else 0.0
-      window = t1 > 0 and (t1 - t2) / t1 > k
+      window = t1 > 0 and t2 > 0 and (t1 - t2) / t1 > k
       if epoch >= warmup and window and delta > 0:
         alpha = math.exp(beta * math.tanh(delta))
         for name in new[m]:

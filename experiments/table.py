@@ -31,21 +31,25 @@ def cell(values):
   return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def render(paths) -> str:
+def render(paths, group_by=()) -> str:
+  """The Markdown table; ``group_by`` adds config fields (e.g. beta, threshold) to the key."""
+  extra = [k for k in group_by if k not in ("method", "dataset", "modalities", "fusion",
+                                             "window", "variant")]
   groups, modalities = defaultdict(list), []
   for path in find_summaries(paths):
     with open(path) as f:
       s = json.load(f)
     c = s["config"]
     key = (s["dataset"], s["method"], c.get("modalities") or "all", c.get("fusion", "concat"),
-           c.get("window", "prime"), c.get("variant", "paper"))
+           c.get("window", "prime"), c.get("variant", "paper")) + tuple(
+               str(c.get(k, "")) for k in extra)
     groups[key].append(s)
     for k in s["final"]:
       if k.startswith("acc_") and k[4:] not in modalities:
         modalities.append(k[4:])
   if not groups:
     raise SystemExit("error: no summary.json under " + " ".join(paths))
-  head = (["dataset", "method", "modalities", "fusion", "window", "variant", "acc"]
+  head = (["dataset", "method", "modalities", "fusion", "window", "variant", *extra, "acc"]
           + [f"acc {m}" for m in modalities] + ["best acc", "seeds"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key, runs in sorted(groups.items()):

@@ -1,0 +1,176 @@
+"""The paper's analyses as commands; each writes a PNG and the numbers behind it (JSON).
+
+  python -m experiments.analyze traces RUN [RUN ...] --out=fig1      (Fig. 1: Tr(F_m) per epoch)
+  python -m experiments.analyze gradcos RUN --modality=visual --out=fig4
+      (Fig. 4: cosine similarity of the modality's gradients across training batches,
+       at the run's latest checkpoint)
+  python -m experiments.analyze tsne RUN --modality=visual --out=fig6
+      (Fig. 6: t-SNE of the modality's test features, coloured by class; sklearn's TSNE)
+
+RUN is a run's workdir (metrics.jsonl, summary.json, checkpoints/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from inforeg_jax import checkpoint  # noqa: E402
+from inforeg_jax.config import Config  # noqa: E402
+from inforeg_jax.data import load_dataset, pipeline, select_modalities  # noqa: E402
+from inforeg_jax.train import cross_entropy  # noqa: E402
+from inforeg_jax.trainer import build_program, make_mesh  # noqa: E402
+
+
+def read_rows(run: str) -> list[dict]:
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def save(out: str, fig, numbers: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(out + ".png", dpi=100)
+  plt.close(fig)
+  with open(out + ".json", "w") as f:
+    json.dump(numbers, f, indent=2)
+  print(f"wrote {out}.png and {out}.json")
+
+
+def traces(runs: list[str], out: str) -> dict:
+  numbers = {}
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for run in runs:
+    rows = read_rows(run)
+    label = os.path.basename(os.path.normpath(run))
+    for key in rows[0]:
+      if key.startswith("trace_"):
+        values = [r[key] for r in rows]
+        numbers[f"{label}/{key[6:]}"] = values
+        ax.plot([r["epoch"] for r in rows], values, marker="o", ms=3,
+                label=f"{label}: {key[6:]}")
+  ax.set(xlabel="epoch", ylabel="Tr(F)", title="Information acquisition per modality")
+  ax.legend(fontsize=8)
+  save(out, fig, numbers)
+  return numbers
+
+
+def load_run(run: str):
+  """(cfg, dataset, program with the latest checkpoint's state)."""
+  with open(os.path.join(run, "summary.json")) as f:
+    cfg = Config(**{**json.load(f)["config"], "workdir": run})
+  dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+  if cfg.modalities:
+    dataset = select_modalities(dataset, cfg.modalities.split(","))
+  program = build_program(cfg, dataset, pipeline.steps_per_epoch(dataset.train, cfg.batch_size),
+                          make_mesh())
+  restored = checkpoint.restore_latest(checkpoint.manager(run), program.state)
+  if restored is None:
+    raise SystemExit(f"error: {run} has no checkpoint")
+  return cfg, dataset, dataclasses.replace(program, state=restored[0])
+
+
+def gradcos(run: str, modality: str, batches: int, out: str) -> dict:
+  cfg, dataset, program = load_run(run)
+  state, model = program.state, program.model
+
+  @jax.jit
+  def grad_vector(batch):
+    if dataset.preprocess is not None:
+      batch = dataset.preprocess(batch, jax.random.key(0), False)
+
+    def loss(params):
+      out, _ = model.apply({"params": params, "batch_stats": state.batch_stats},
+                           batch["inputs"], train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(0)})
+      return cross_entropy(out["logits"], batch["label"])
+    g = jax.grad(loss)(state.params)[modality]
+    return jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
+
+  vecs = []
+  for i, batch in enumerate(pipeline.train_batches(dataset.train, cfg.batch_size, cfg.seed, 0)):
+    if i == batches:
+      break
+    vecs.append(np.asarray(grad_vector(batch)))
+  v = np.stack(vecs)
+  v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-20)
+  cos = v @ v.T
+  off = cos[~np.eye(len(cos), dtype=bool)]
+  numbers = {"modality": modality, "cosine": cos.tolist(), "mean_off_diagonal": float(off.mean()),
+             "max_abs_off_diagonal": float(np.abs(off).max())}
+  fig, ax = plt.subplots(figsize=(5, 4))
+  im = ax.imshow(cos, vmin=-1, vmax=1, cmap="coolwarm")
+  fig.colorbar(im)
+  ax.set(xlabel="batch", ylabel="batch",
+         title=f"{modality}: gradient cosine across batches (mean off-diag {off.mean():.3f})")
+  save(out, fig, numbers)
+  return numbers
+
+
+def tsne(run: str, modality: str, limit: int, out: str) -> dict:
+  from sklearn.manifold import TSNE
+
+  cfg, dataset, program = load_run(run)
+  state, model = program.state, program.model
+
+  @jax.jit
+  def features(batch):
+    if dataset.preprocess is not None:
+      batch = dataset.preprocess(batch, jax.random.key(0), False)
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                      batch["inputs"], train=False)
+    return out["features"][modality]
+
+  feats, labels = [], []
+  for batch in pipeline.eval_batches(dataset.test, cfg.eval_batch_size):
+    keep = batch["mask"] > 0
+    feats.append(np.asarray(features({"inputs": batch["inputs"], "label": batch["label"]}))[keep])
+    labels.append(batch["label"][keep])
+  x, y = np.concatenate(feats)[:limit], np.concatenate(labels)[:limit]
+  xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, len(x) / 4)), init="pca",
+            random_state=0).fit_transform(x)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=6)
+  ax.legend(*sc.legend_elements(), fontsize=7, title="class")
+  ax.set(title=f"t-SNE of {modality} features ({cfg.method})", xticks=[], yticks=[])
+  numbers = {"modality": modality, "xy": xy.tolist(), "label": y.tolist()}
+  save(out, fig, numbers)
+  return numbers
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.split("\n")[0])
+  sub = p.add_subparsers(dest="kind", required=True)
+  t = sub.add_parser("traces")
+  t.add_argument("runs", nargs="+")
+  for name in ("gradcos", "tsne"):
+    s = sub.add_parser(name)
+    s.add_argument("run")
+    s.add_argument("--modality", required=True)
+    s.add_argument("--batches", type=int, default=8)
+    s.add_argument("--limit", type=int, default=1000)
+  for s in sub.choices.values():
+    s.add_argument("--out", required=True, help="output path without extension")
+  args = p.parse_args(argv)
+  if args.kind == "traces":
+    traces(args.runs, args.out)
+  elif args.kind == "gradcos":
+    gradcos(args.run, args.modality, args.batches, args.out)
+  else:
+    tsne(args.run, args.modality, args.limit, args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,53 @@
+"""experiments.sweep and experiments.analyze on tiny runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import analyze, run, sweep
+
+TINY = ["--tiny", "--epochs=2", "--limit_train=128"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  assert run.main([*TINY, "--method=joint", f"--workdir={workdir}"]) == 0
+  return str(workdir)
+
+
+def test_traces_figure(tiny_run, tmp_path):
+  numbers = analyze.traces([tiny_run], str(tmp_path / "fig1"))
+  rows = analyze.read_rows(tiny_run)
+  name = tiny_run.rstrip("/").split("/")[-1]
+  assert numbers[f"{name}/audio"] == [r["trace_audio"] for r in rows]
+  assert (tmp_path / "fig1.png").stat().st_size > 1000
+
+
+def test_gradient_cosine_figure(tiny_run, tmp_path):
+  numbers = analyze.gradcos(tiny_run, "visual", 3, str(tmp_path / "fig4"))
+  cos = np.array(numbers["cosine"])
+  assert cos.shape == (3, 3)
+  np.testing.assert_allclose(np.diag(cos), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(cos, cos.T, rtol=1e-6)
+  assert json.loads((tmp_path / "fig4.json").read_text())["modality"] == "visual"
+
+
+def test_tsne_figure(tiny_run, tmp_path):
+  numbers = analyze.tsne(tiny_run, "audio", 60, str(tmp_path / "fig6"))
+  assert np.array(numbers["xy"]).shape == (60, 2) and len(numbers["label"]) == 60
+  assert (tmp_path / "fig6.png").exists()
+
+
+def test_sweep_runs_the_grid_over_seeds_and_resumes(tmp_path, capsys):
+  flags = [f"--out={tmp_path}", "--seeds=0,1", "--grid=beta=0.5,0.9", *TINY, "--epochs=1"]
+  assert sweep.main(flags) == 0
+  summaries = sorted(p.parent.name + "/" + p.parent.parent.name
+                     for p in tmp_path.rglob("summary.json"))
+  assert summaries == ["seed0/beta=0.5", "seed0/beta=0.9", "seed1/beta=0.5", "seed1/beta=0.9"]
+  table = (tmp_path / "table.md").read_text()
+  assert "| beta |" in table and table.count("| 2 |") == 2
+  capsys.readouterr()
+  assert sweep.main(flags) == 0  # everything done: no run starts again
+  assert "== beta" not in capsys.readouterr().out

@@ -17,7 +17,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tensorboardX import SummaryWriter  # noqa: E402
+
+
+class _NoWriter:
+  """Stands in for TensorBoard when tensorboardX is not installed (e.g. a bare GPU image)."""
+
+  def add_scalar(self, *args):
+    pass
+
+  flush = close = add_scalar
+
+
+def _summary_writer(logdir: str):
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    print("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX)")
+    return _NoWriter()
+  return SummaryWriter(logdir)
 
 
 class Reporter:
@@ -31,7 +48,7 @@ class Reporter:
     self.log = open(os.path.join(workdir, "metrics.jsonl"), "w")
     for row in history:
       self.log.write(json.dumps(row) + "\n")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.tb = _summary_writer(os.path.join(workdir, "tensorboard"))
 
   def epoch(self, row: dict, step_series: dict[str, list[float]]) -> None:
     self.history.append(row)

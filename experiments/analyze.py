@@ -81,21 +81,26 @@ def load_run(run: str):
   return cfg, dataset, dataclasses.replace(program, state=restored[0])
 
 
+def forward(program, dataset, params, batch, train: bool):
+  """The model's outputs on a batch (evaluation preprocessing; batch statistics of the batch
+  when ``train``)."""
+  if dataset.preprocess is not None:
+    batch = dataset.preprocess(batch, jax.random.key(0), False)
+  variables = {"params": params, "batch_stats": program.state.batch_stats}
+  if train:
+    return program.model.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.key(0)})[0]
+  return program.model.apply(variables, batch["inputs"], train=False)
+
+
 def gradcos(run: str, modality: str, batches: int, out: str) -> dict:
   cfg, dataset, program = load_run(run)
-  state, model = program.state, program.model
 
   @jax.jit
   def grad_vector(batch):
-    if dataset.preprocess is not None:
-      batch = dataset.preprocess(batch, jax.random.key(0), False)
-
-    def loss(params):
-      out, _ = model.apply({"params": params, "batch_stats": state.batch_stats},
-                           batch["inputs"], train=True, mutable=["batch_stats"],
-                           rngs={"dropout": jax.random.key(0)})
-      return cross_entropy(out["logits"], batch["label"])
-    g = jax.grad(loss)(state.params)[modality]
+    loss = lambda p: cross_entropy(forward(program, dataset, p, batch, True)["logits"],
+                                   batch["label"])
+    g = jax.grad(loss)(program.state.params)[modality]
     return jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
 
   vecs = []
@@ -122,15 +127,10 @@ def tsne(run: str, modality: str, limit: int, out: str) -> dict:
   from sklearn.manifold import TSNE
 
   cfg, dataset, program = load_run(run)
-  state, model = program.state, program.model
 
   @jax.jit
   def features(batch):
-    if dataset.preprocess is not None:
-      batch = dataset.preprocess(batch, jax.random.key(0), False)
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                      batch["inputs"], train=False)
-    return out["features"][modality]
+    return forward(program, dataset, program.state.params, batch, False)["features"][modality]
 
   feats, labels = [], []
   for batch in pipeline.eval_batches(dataset.test, cfg.eval_batch_size):

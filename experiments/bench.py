@@ -25,7 +25,7 @@ import numpy as np
 from inforeg_jax.config import make_config
 from inforeg_jax.data import Dataset
 from inforeg_jax.data.augment import frames_preprocess
-from inforeg_jax.trainer import build_program, make_mesh, _to_global
+from inforeg_jax.trainer import build_program, make_mesh, to_global
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 # Dense bf16 peak per device, TFLOP/s (vendor datasheets, SXM parts).
@@ -62,7 +62,7 @@ def bench_step(args) -> list[dict]:
   ds = fake_dataset(args.dataset, batch_size, args.tiny, rng)
   mesh = make_mesh()
   data = NamedSharding(mesh, P("data"))
-  batch = _to_global({"inputs": {k: v for k, v in ds.train.items() if k != "label"},
+  batch = to_global({"inputs": {k: v for k, v in ds.train.items() if k != "label"},
                       "label": ds.train["label"]}, data)
   rows = []
   for dtype in args.dtypes.split(","):

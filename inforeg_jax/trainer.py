@@ -113,7 +113,7 @@ def evaluate(eval_step, state, arrays, batch_size, data_sharding, modalities) ->
   """Fused and per-modality accuracy, loss and macro-F1 of the fused prediction."""
   sums, preds = None, []
   for batch in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
-    out = eval_step(state, _to_global(batch, data_sharding))
+    out = eval_step(state, to_global(batch, data_sharding))
     preds.append(out.pop("pred"))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
@@ -127,7 +127,7 @@ def evaluate(eval_step, state, arrays, batch_size, data_sharding, modalities) ->
   return metrics
 
 
-def _to_global(batch, sharding):
+def to_global(batch, sharding):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -233,7 +233,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) ->
     for batch in pipeline.train_batches(train_arrays, cfg.batch_size, cfg.seed, epoch,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()):
-      state, m = train_step(state, _to_global(batch, data_sharding), step_rng)
+      state, m = train_step(state, to_global(batch, data_sharding), step_rng)
       records.append(m)
       bar.update()
     train_m, series = _epoch_metrics(records)

@@ -53,8 +53,13 @@ def make_optimizer(cfg: Config, labels, steps_per_epoch: int,
   rule = METHODS[cfg.method].rule
   chain = []
   if rule == "inforeg":
+    # --variant=official takes the released code's K and warm-up unless the flags were changed
+    paper = Config()
+    official = cfg.variant == "official"
+    threshold = None if official and cfg.threshold == paper.threshold else cfg.threshold
+    warmup = None if official and cfg.warmup_epochs == paper.warmup_epochs else cfg.warmup_epochs
     chain.append(inforeg_transform(labels, steps_per_epoch=steps_per_epoch, beta=cfg.beta,
-                                   threshold=cfg.threshold, warmup_epochs=cfg.warmup_epochs,
+                                   threshold=threshold, warmup_epochs=warmup,
                                    variant=cfg.variant, window=cfg.window,
                                    modalities=modalities))
   elif rule == "ogm_ge":

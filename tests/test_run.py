@@ -49,3 +49,13 @@ def test_missing_prepared_data_names_the_prep_command(tmp_path, capsys):
   assert run.main(["--dataset=cremad", f"--data_dir={tmp_path}/nothing"]) == 2
   err = capsys.readouterr().err
   assert "python -m data_prep.cremad" in err and "Traceback" not in err
+
+
+def test_official_variant_uses_released_constants(tmp_path):
+  workdir = tmp_path / "official"
+  assert run.main(["--tiny", "--variant=official", "--limit_train=128", "--epochs=2",
+                   f"--workdir={workdir}"]) == 0
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  # no warm-up and k = 1 at epoch 0: the released code regulates from the first epoch
+  assert rows[0]["window_audio"] == 1.0 and rows[0]["window_visual"] == 1.0
+  assert rows[0]["alpha_audio"] + rows[0]["alpha_visual"] > 0

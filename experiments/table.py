@@ -27,8 +27,8 @@ def find_summaries(paths):
 def cell(values):
   if not values:
     return "-"
-  v = 100 * np.asarray(values)
-  return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+  v = np.asarray(values)
+  return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
 
 
 def render(paths, group_by=()) -> str:
@@ -58,7 +58,7 @@ def render(paths, group_by=()) -> str:
             for m in modalities]
     row += [cell([r["best"]["acc"] for r in runs]), str(len(runs))]
     lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines) + "\n\nAccuracies in %, final epoch unless marked best (best-on-test " \
+  return "\n".join(lines) + "\n\nAccuracies as fractions, final epoch unless marked best (best-on-test " \
                             "is optimistic); mean ± std over seeds.\n"
 
 

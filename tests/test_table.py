@@ -24,8 +24,8 @@ def test_table_pools_seeds_per_setting(tmp_path):
   rows = [l for l in text.splitlines() if l.startswith("| synthetic")]
   assert len(rows) == 2
   joint = next(r for r in rows if "| joint |" in r)
-  assert "75.0 ± 7.1" in joint and joint.rstrip().endswith("| 2 |")
-  assert "| 90.0 | 80.0 | 70.0 | 91.0 | 1 |" in next(r for r in rows if "inforeg" in r)
+  assert "0.750 ± 0.071" in joint and joint.rstrip().endswith("| 2 |")
+  assert "| 0.900 | 0.800 | 0.700 | 0.910 | 1 |" in next(r for r in rows if "inforeg" in r)
 
 
 def test_table_without_summaries_is_an_error(tmp_path):

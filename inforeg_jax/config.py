@@ -27,7 +27,9 @@ class Config:
   threshold: float = 0.04
   warmup_epochs: int = 2
   variant: str = "paper"
-  window: str = "prime"  # for every modulating method: prime | whole | other (Table 4)
+  # when a modulating method adjusts: prime | whole | other (Table 4); "auto" resolves to
+  # "prime" for InfoReg (its criterion) and "whole" for the baselines (as their papers run)
+  window: str = "auto"
   # baselines (their papers' defaults where they give one; see inforeg_jax/balancing.py)
   ogm_alpha: float = 0.1
   ogm_noise: bool = True
@@ -58,8 +60,11 @@ class Config:
       raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError("--epochs and --batch_size must be >= 1")
+    if self.window == "auto":
+      object.__setattr__(self, "window",
+                         "prime" if self.method.startswith("inforeg") else "whole")
     if self.window not in ("prime", "whole", "other"):
-      raise ValueError(f"--window must be prime, whole or other; got {self.window!r}")
+      raise ValueError(f"--window must be auto, prime, whole or other; got {self.window!r}")
     if self.fusion not in ("concat", "sum", "film", "gated"):
       raise ValueError(f"--fusion must be concat, sum, film or gated; got {self.fusion!r}")
     if self.variant not in ("paper", "official"):

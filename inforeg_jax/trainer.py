@@ -1,5 +1,6 @@
 """The training loop, top to bottom: mesh, input, model and optimizer, sharding, step,
-eval, loop. ``train(cfg)`` writes ``metrics.jsonl`` and ``summary.json`` into the workdir.
+eval, loop. ``train(cfg)`` writes ``metrics.jsonl``, ``summary.json``, plots, TensorBoard
+events and checkpoints into the workdir.
 
 Accuracies are fractions in [0, 1] everywhere.
 """
@@ -13,23 +14,22 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.experimental.multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
-import jax.experimental.multihost_utils
-from sklearn.metrics import f1_score
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from inforeg_jax import balancing, checkpoint
 from inforeg_jax.config import Config
-from inforeg_jax.data import Dataset, load_dataset, select_modalities
-from inforeg_jax.data import pipeline
+from inforeg_jax.data import Dataset, load_dataset, pipeline, select_modalities
+from inforeg_jax.methods import METHODS
 from inforeg_jax.model_zoo import build_model
-from inforeg_jax.reporting import Reporter
 from inforeg_jax.models import modality_labels
 from inforeg_jax.regulation import inforeg_transform, resolve_labels
-from inforeg_jax.methods import METHODS
+from inforeg_jax.reporting import Reporter
 from inforeg_jax.train import (Rules, TrainState, create_state, make_eval_step,
                                make_train_step)
 

@@ -95,11 +95,9 @@ def has_inforeg(opt_state) -> bool:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                     flat_labels: Sequence, modalities: Sequence[str],
-                    rules: Rules | float = 0.0, preprocess: Preprocess | None = None):
-  """Builds ``train_step(state, batch, rng)``; jit it (see `trainer`). ``rules`` may be a
-  plain unimodal-loss weight for a joint-style step."""
-  if not isinstance(rules, Rules):
-    rules = Rules(method=METHODS["joint_uni" if rules else "joint"])
+                    rules: Rules = Rules(), preprocess: Preprocess | None = None):
+  """Builds ``train_step(state, batch, rng)``; jit it (see `trainer`). The default ``rules``
+  are joint training: the fused loss alone, with whatever rule ``tx`` carries."""
   rule = rules.method.rule
 
   def losses_fn(params, state: TrainState, batch, rng, active):

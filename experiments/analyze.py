@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from inforeg_jax import checkpoint  # noqa: E402
-from inforeg_jax.config import Config  # noqa: E402
+from inforeg_jax.config import from_dict  # noqa: E402
 from inforeg_jax.data import load_dataset, pipeline, select_modalities  # noqa: E402
 from inforeg_jax.train import cross_entropy  # noqa: E402
 from inforeg_jax.trainer import build_program, make_mesh  # noqa: E402
@@ -69,8 +69,8 @@ def traces(runs: list[str], out: str) -> dict:
 def load_run(run: str):
   """(cfg, dataset, program with the latest checkpoint's state)."""
   with open(os.path.join(run, "summary.json")) as f:
-    cfg = Config(**{**json.load(f)["config"], "workdir": run})
-  dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+    cfg = from_dict({**json.load(f)["config"], "workdir": run})
+  dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir, cfg.seed)
   if cfg.modalities:
     dataset = select_modalities(dataset, cfg.modalities.split(","))
   program = build_program(cfg, dataset, pipeline.steps_per_epoch(dataset.train, cfg.batch_size),

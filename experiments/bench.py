@@ -69,7 +69,8 @@ def bench_step(args) -> list[dict]:
   for dtype in args.dtypes.split(","):
     for method in args.methods.split(","):
       cfg = make_config(args.dataset, tiny=args.tiny, method=method, compute_dtype=dtype,
-                        batch_size=batch_size, warmup_epochs=0, window="whole")
+                        batch_size=batch_size, window="whole",
+                        **{"inforeg.warmup_epochs": 0})
       program = build_program(cfg, ds, steps_per_epoch=1000, mesh=mesh)
       state, step, key = program.state, program.train_step, jax.random.key(0)
       compiled = step.lower(state, batch, key).compile()

@@ -5,7 +5,8 @@ Runs the cross product of seeds and grids (paper Figs. 7/8: ``--grid=beta=0.1,0.
 ``--grid=threshold=0.01,0.02,0.04,0.06,0.08,0.1``; or ``--grid=method=joint,inforeg,ogm_ge``),
 each into its own ``DIR/<setting>/seed<k>``, and prints the ``experiments.table`` of all of
 them (also written to ``DIR/table.md``). Any other ``--name=value`` is a run flag shared by
-all runs. Runs already finished (a summary.json present) are kept, so a sweep resumes.
+all runs. Runs already finished (a summary.json present) are kept and runs cut short resume
+from their last checkpoint, so a sweep resumes.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def main(argv=None) -> int:
       workdir = os.path.join(args.out, setting, f"seed{seed}")
       if os.path.exists(os.path.join(workdir, "summary.json")):
         continue
+      started = os.path.isdir(os.path.join(workdir, "checkpoints"))
       flags = run_flags + [f"--{n}={v}" for n, v in zip(names, values)] + [
-          f"--seed={seed}", f"--workdir={workdir}"]
+          f"--seed={seed}", f"--workdir={workdir}"] + (["--resume"] if started else
+                                                       ["--overwrite"])
       cfg, _ = parse_flags(flags)
       print(f"== {setting} seed {seed}", flush=True)
       train(cfg)

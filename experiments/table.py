@@ -31,6 +31,13 @@ def cell(values):
   return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
 
 
+def _get(config: dict, key: str):
+  """A config value by flag name (``agm.alpha`` reads the agm group)."""
+  for part in key.split("."):
+    config = config.get(part, "") if isinstance(config, dict) else ""
+  return config
+
+
 def render(paths, group_by=()) -> str:
   """The Markdown table; ``group_by`` adds config fields (e.g. beta, threshold) to the key."""
   extra = [k for k in group_by if k not in ("method", "dataset", "modalities", "fusion",
@@ -41,8 +48,9 @@ def render(paths, group_by=()) -> str:
       s = json.load(f)
     c = s["config"]
     key = (s["dataset"], s["method"], c.get("modalities") or "all", c.get("fusion", "concat"),
-           c.get("window", "prime"), c.get("variant", "paper")) + tuple(
-               str(c.get(k, "")) for k in extra)
+           s.get("window", c.get("window", "prime")),
+           c.get("inforeg", {}).get("variant", "paper")) + tuple(
+               str(_get(c, k)) for k in extra)
     groups[key].append(s)
     for k in s["final"]:
       if k.startswith("acc_") and k[4:] not in modalities:

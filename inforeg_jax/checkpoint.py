@@ -1,44 +1,66 @@
 """orbax checkpoints behind three functions: ``manager``, ``save``, ``restore_latest``.
 
-A checkpoint holds the train state and a JSON of the loop's position (epoch) and history;
-the data iterator's position is the epoch (``pipeline`` orders batches by (seed, epoch)), so
-restoring it resumes the same data order. Kept: the last three and the best by test accuracy.
+A checkpoint holds the train state and a JSON of the loop (history, plot series, the run's
+config); the data iterator's position is the epoch (``pipeline`` orders batches by (seed,
+epoch)), so restoring it resumes the same data order. Kept: the last three and the best by
+``rank`` (validation accuracy); we prune ourselves after each save, because orbax's
+preservation policies never delete the checkpoints that existed when a manager was opened (so
+a resumed run kept them all). A checkpoint that cannot be read is skipped for the one before
+it, and the caller is told.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
+
+KEEP_LAST = 3
 
 
-def manager(workdir: str, keep_last: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(keep_last),
-          policies.BestN(get_metric_fn=lambda m: m["acc"], n=1)]),
-      enable_async_checkpointing=False)
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but none can be read."""
+
+
+def manager(workdir: str) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options, item_names=("state", "loop"))
 
 
-def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict) -> None:
-  """Saves after ``epoch``; ``loop`` is JSON (history, ...); its last row's acc ranks it."""
+def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch: int,
+         keep_last: int = KEEP_LAST) -> None:
+  """Saves after ``epoch`` (``loop`` is JSON), then deletes every checkpoint but the last
+  ``keep_last`` and ``best_epoch``'s."""
   mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           loop=ocp.args.JsonSave(loop)),
-            metrics={"acc": float(loop["history"][-1]["acc"])})
+                                           loop=ocp.args.JsonSave(loop)), force=True)
   mngr.wait_until_finished()
+  steps = sorted(mngr.all_steps())
+  for step in steps[:-keep_last]:
+    if step != best_epoch:
+      mngr.delete(step)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-  """(state, loop) of the latest checkpoint, laid out like ``abstract_state`` (whose
-  shardings may come from another device count), or None when there is none."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
+                   log: Callable[[str], None] = print):
+  """(state, loop) of the latest readable checkpoint, laid out like ``abstract_state``
+  (whose shardings may come from another device count), or None when there is none; a
+  `CheckpointError` when there are some and none can be read."""
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                    loop=ocp.args.JsonRestore()))
-  return out["state"], out["loop"]
+  skipped = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+    except Exception as e:  # a damaged checkpoint: orbax/tensorstore raise many kinds
+      skipped.append(f"checkpoint {step} ({type(e).__name__})")
+      continue
+    if skipped:
+      log(f"could not read {', '.join(skipped)}; resuming from checkpoint {step}")
+    return out["state"], out["loop"]
+  if skipped:
+    raise CheckpointError(f"could not read {', '.join(skipped)}: no readable checkpoint in "
+                          f"{mngr.directory}")
+  return None

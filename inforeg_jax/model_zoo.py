@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from inforeg_jax import models
 
 
-def build_model(cfg, dataset) -> models.MultimodalNet:
+def build_model(cfg, dataset, unimodal_heads: bool = False) -> models.MultimodalNet:
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
   if cfg.encoder == "resnet18":
     trunk = functools.partial(models.ResNet18, width=cfg.width, dtype=dtype)
@@ -28,4 +28,4 @@ def build_model(cfg, dataset) -> models.MultimodalNet:
       encoders[m] = functools.partial(models.SpectrogramEncoder, trunk=trunk)
     else:
       encoders[m] = functools.partial(models.FramesEncoder, trunk=trunk)
-  return models.MultimodalNet(encoders, dataset.num_classes, cfg.fusion)
+  return models.MultimodalNet(encoders, dataset.num_classes, cfg.fusion, unimodal_heads)

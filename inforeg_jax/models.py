@@ -4,8 +4,8 @@
 modality (``params['audio']``, ``params['visual']``, ...) and the fusion in
 ``params['head']``, so that labelling parameters by modality is one line
 (`modality_labels`). It returns the fused logits, each modality's unimodal logits
-(METHOD.md: head slices plus bias / M for concat; the other modalities' features zeroed
-for the other fusions) and the features.
+(METHOD.md: head slices plus bias / M for concat; the other modality's features zeroed for
+the released sum/FiLM/gated fusions) and the features.
 """
 
 from __future__ import annotations
@@ -149,9 +149,15 @@ class ConcatHead(nn.Module):
     return sum(uni.values()), uni
 
 
-class FusedHead(nn.Module):
-  """Sum, FiLM and gated fusions (paper Table 5). A modality's unimodal logits are the fused
-  output with the other modalities' features set to zero (paper Sec. 4.5)."""
+class TwoModalityFusion(nn.Module):
+  """The released fusion_modules.py (OGM-GE @ 343dc1d; the same in InfoReg's release) for
+  two modalities, x the first (audio), y the second (visual):
+  - sum (SumFusion, lines 5-13): ``fc_x(x) + fc_y(y)``;
+  - film (FiLM, x_film=True, 27-56): ``gamma, beta = split(fc(x))``, ``fc_out(gamma y + beta)``,
+    audio conditioning visual, no projections (the feature sizes must agree);
+  - gated (GatedFusion, x_gate=True, 59-87): ``fc_out(sigmoid(fc_x(x)) * fc_y(y))``, no residual.
+  A modality's unimodal logits are the fused output with the other modality's features set
+  to zero (paper Sec. 4.5; the releases define none for these fusions)."""
 
   num_classes: int
   fusion: Fusion
@@ -159,30 +165,29 @@ class FusedHead(nn.Module):
   @nn.compact
   def __call__(self, feats: dict[str, jax.Array]):
     names = list(feats)
+    if len(names) != 2:
+      raise ValueError(f"--fusion={self.fusion} is defined for two modalities (the released "
+                       f"fusion_modules.py); {len(names)} given: use --fusion=concat")
+    dense = lambda n, name: nn.Dense(n, kernel_init=dense_init, name=name)
     dim = feats[names[0]].shape[-1]
-    proj = {n: nn.Dense(dim, kernel_init=dense_init, name=f"proj_{n}") for n in names}
-    out = nn.Dense(self.num_classes, kernel_init=dense_init, name="out")
-    # FiLM: gamma * x + shift from each other modality; gated: sigmoid gate (Kiela et al., 2018).
-    cond = {n: nn.Dense(2 * dim if self.fusion == "film" else dim, kernel_init=dense_init,
-                        name=f"{self.fusion}_{n}") for n in names[1:]}
+    if self.fusion == "sum":
+      fc_x, fc_y = dense(self.num_classes, "fc_x"), dense(self.num_classes, "fc_y")
+      fuse = lambda x, y: fc_x(x) + fc_y(y)
+    elif self.fusion == "film":
+      if feats[names[1]].shape[-1] != dim:
+        raise ValueError("--fusion=film needs features of equal size")
+      fc, fc_out = dense(2 * dim, "fc"), dense(self.num_classes, "fc_out")
 
-    def fuse(f):
-      if self.fusion == "sum":
-        return out(sum(proj[n](f[n]) for n in names))
-      x = proj[names[0]](f[names[0]])
-      for n in names[1:]:
-        h = proj[n](f[n])
-        if self.fusion == "film":
-          gamma, shift = jnp.split(cond[n](h), 2, axis=-1)
-          x = gamma * x + shift
-        else:
-          x = x * nn.sigmoid(cond[n](h)) + h
-      return out(x)
-
-    fused = fuse(feats)
-    uni = {m: fuse({n: f if n == m else jnp.zeros_like(f) for n, f in feats.items()})
-           for m in names}
-    return fused, uni
+      def fuse(x, y):
+        gamma, beta = jnp.split(fc(x), 2, axis=-1)
+        return fc_out(gamma * y + beta)
+    else:
+      fc_x, fc_y, fc_out = dense(dim, "fc_x"), dense(dim, "fc_y"), dense(self.num_classes,
+                                                                          "fc_out")
+      fuse = lambda x, y: fc_out(nn.sigmoid(fc_x(x)) * fc_y(y))
+    x, y = feats[names[0]], feats[names[1]]
+    uni = {names[0]: fuse(x, jnp.zeros_like(y)), names[1]: fuse(jnp.zeros_like(x), y)}
+    return fuse(x, y), uni
 
 
 class MultimodalNet(nn.Module):
@@ -191,6 +196,7 @@ class MultimodalNet(nn.Module):
   encoders: dict[str, Callable[[], nn.Module]]
   num_classes: int
   fusion: Fusion = "concat"
+  unimodal_heads: bool = False  # a linear head per modality gives its unimodal logits
 
   @nn.compact
   def __call__(self, inputs: dict[str, jax.Array], train: bool = False):
@@ -198,10 +204,10 @@ class MultimodalNet(nn.Module):
     if self.fusion == "concat":
       fused, uni = ConcatHead(self.num_classes, name="head")(feats)
     else:
-      fused, uni = FusedHead(self.num_classes, self.fusion, name="head")(feats)
+      fused, uni = TwoModalityFusion(self.num_classes, self.fusion, name="head")(feats)
+    if self.unimodal_heads:  # MMPareto's and G-Blending's models: separate unimodal heads
+      uni = {m: nn.Dense(self.num_classes, kernel_init=dense_init, name=f"unimodal_head_{m}")(f)
+             for m, f in feats.items()}
     return {"logits": fused, "unimodal_logits": uni, "features": feats}
 
 
-def modality_labels(params, modalities: Sequence[str]):
-  """param_labels for `inforeg_transform`: the modality name on its encoder, None elsewhere."""
-  return {k: jax.tree.map(lambda _: k if k in modalities else None, v) for k, v in params.items()}

@@ -1,31 +1,47 @@
 """Per-epoch outputs of a run: metrics.jsonl, TensorBoard event files, PNG plots.
 
-Plots, refreshed each epoch in the workdir:
-- ``accuracy.png``: test accuracy, fused and of each modality through the head;
-- ``trace.png``: Tr(F_m) per epoch (Eq. 7), epochs inside the prime learning window shaded;
-- ``alpha.png``: the rule's per-step coefficient per modality (InfoReg's alpha, Eq. 16, or
-  the baseline's coefficient), when the method has one.
+Plots, refreshed each epoch in the workdir, each titled with the run (dataset / method / seed):
+- ``accuracy.png``: test accuracy, fused and of each modality (and validation, if any);
+- ``trace.png``: Tr(F_m) per epoch (Eq. 7); each modality's prime-learning-window epochs are
+  marked in that modality's colour (a band under the curves, and the curve's markers filled);
+- ``alpha.png``: the rule's per-step coefficient per modality (InfoReg's alpha, Eq. 16, or the
+  baseline's coefficient), epoch boundaries marked, when the method has one.
+Non-finite numbers are written as JSON ``null`` (bare NaN is not JSON).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def json_safe(value):
+  """``value`` with every non-finite float replaced by None."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  return value
+
 
 class _NoWriter:
   """Stands in for TensorBoard when tensorboardX is not installed (e.g. a bare GPU image)."""
 
-  def add_scalar(self, *args):
+  def add_scalar(self, *args, **kwargs):
     pass
 
-  flush = close = add_scalar
+  add_hparams = flush = close = add_scalar
 
 
 def _summary_writer(logdir: str):
@@ -41,18 +57,21 @@ class Reporter:
   """Writes one run's outputs; ``history`` rows are the metrics.jsonl lines."""
 
   def __init__(self, workdir: str, modalities: Sequence[str], history: list[dict],
-               coefficient_series: dict[str, list[float]] | None = None):
+               coefficient_series: dict[str, list[float]] | None = None, run_name: str = "",
+               hparams: dict[str, Any] | None = None):
     self.workdir, self.modalities = workdir, list(modalities)
     self.history = history
     self.series = coefficient_series or {}
+    self.run_name, self.hparams = run_name, hparams or {}
     self.log = open(os.path.join(workdir, "metrics.jsonl"), "w")
     for row in history:
-      self.log.write(json.dumps(row) + "\n")
+      self.log.write(json.dumps(json_safe(row)) + "\n")
+    self.log.flush()
     self.tb = _summary_writer(os.path.join(workdir, "tensorboard"))
 
   def epoch(self, row: dict, step_series: dict[str, list[float]]) -> None:
     self.history.append(row)
-    self.log.write(json.dumps(row) + "\n")
+    self.log.write(json.dumps(json_safe(row)) + "\n")
     self.log.flush()
     for k, v in row.items():
       if k != "epoch" and isinstance(v, (int, float)):
@@ -65,42 +84,72 @@ class Reporter:
     self.tb.flush()
     self.plot()
 
+  def _title(self, ax, what: str) -> None:
+    ax.set_title(f"{what}\n{self.run_name}" if self.run_name else what, fontsize=10)
+
   def plot(self) -> None:
     epochs = [r["epoch"] for r in self.history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["acc"] for r in self.history], label="fused", lw=2)
-    for m in self.modalities:
-      ax.plot(epochs, [r[f"acc_{m}"] for r in self.history], label=m)
-    ax.set(xlabel="epoch", ylabel="test accuracy", title="Accuracy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, "accuracy.png"), dpi=100)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(epochs, [r["acc"] for r in self.history], label="fused (test)", lw=2, color="k")
+    if "val_acc" in self.history[0]:
+      ax.plot(epochs, [r["val_acc"] for r in self.history], label="fused (validation)", lw=1,
+              ls="--", color="k")
+    for i, m in enumerate(self.modalities):
+      ax.plot(epochs, [r[f"acc_{m}"] for r in self.history], label=f"{m} (test)",
+              color=COLORS[i % len(COLORS)])
+    ax.set(xlabel="epoch", ylabel="accuracy")
+    self._title(ax, "Accuracy")
+    ax.legend(fontsize=8)
+    self._save(fig, "accuracy.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in self.modalities:
-      ax.plot(epochs, [r[f"trace_{m}"] for r in self.history], marker="o", ms=3, label=m)
-    for r in self.history:
-      flags = [r.get(f"window_{m}", r.get("window", 0.0)) for m in self.modalities]
-      if max(flags) > 0.5:
-        ax.axvspan(r["epoch"] - 0.5, r["epoch"] + 0.5, color="gold", alpha=0.25, lw=0)
-    ax.set(xlabel="epoch", ylabel="Tr(F)  (mean squared gradient norm)",
-           title="Information acquisition (shaded: prime learning window)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, "trace.png"), dpi=100)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    top = max((r[f"trace_{m}"] or 0) for r in self.history for m in self.modalities) or 1.0
+    for i, m in enumerate(self.modalities):
+      color = COLORS[i % len(COLORS)]
+      values = [r[f"trace_{m}"] for r in self.history]
+      ax.plot(epochs, values, marker="o", ms=4, mfc="white", color=color, label=f"{m}: Tr(F)")
+      flags = [r.get(f"window_{m}", r.get("window", 0.0)) > 0.5 for r in self.history]
+      opened = [(e, v) for e, v, f in zip(epochs, values, flags) if f]
+      if opened:
+        ax.plot(*zip(*opened), ls="none", marker="o", ms=4, color=color)
+        band = -0.04 * top * (i + 1)
+        for e, _ in opened:
+          ax.hlines(band, e - 0.5, e + 0.5, color=color, lw=5)
+        ax.plot([], [], color=color, lw=5, label=f"{m}: window open")
+    ax.set(xlabel="epoch", ylabel="Tr(F)  (mean squared gradient norm)")
+    self._title(ax, "Information acquisition (filled, bands: prime learning window)")
+    ax.legend(fontsize=8)
+    self._save(fig, "trace.png")
 
     if self.series:
-      fig, ax = plt.subplots(figsize=(6, 4))
-      for k, values in sorted(self.series.items()):
-        ax.plot(values, label=k, lw=1)
-      ax.set(xlabel="step", ylabel="coefficient", title="Regulation coefficient per step")
-      ax.legend()
-      fig.tight_layout()
-      fig.savefig(os.path.join(self.workdir, "alpha.png"), dpi=100)
-      plt.close(fig)
+      fig, ax = plt.subplots(figsize=(6.4, 4.2))
+      n = len(next(iter(self.series.values())))
+      steps_per_epoch = max(n // max(len(self.history), 1), 1)
+      for e in range(1, len(self.history)):
+        ax.axvline(e * steps_per_epoch, color="0.85", lw=0.8, zorder=0)
+      for i, (k, values) in enumerate(sorted(self.series.items())):
+        ax.plot(values, label=k, lw=1.2, color=COLORS[i % len(COLORS)])
+      low = min(min(v) for v in self.series.values())
+      high = max(max(v) for v in self.series.values())
+      pad = 0.05 * (high - low) or 0.1
+      ax.set_ylim(low - pad, high + pad)
+      ax.set(xlabel=f"step (grey lines: epochs of {steps_per_epoch} steps)",
+             ylabel="coefficient (0: not regulated)")
+      self._title(ax, "Regulation coefficient per step")
+      ax.legend(fontsize=8)
+      self._save(fig, "alpha.png")
+
+  def _save(self, fig, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(os.path.join(self.workdir, name), dpi=100)
+    plt.close(fig)
 
   def close(self) -> None:
+    if self.history and self.hparams:
+      last = self.history[-1]
+      self.tb.add_hparams(self.hparams, {f"hparam/{k}": last[k] for k in
+                                         ("acc", "val_acc", *(f"acc_{m}" for m in self.modalities))
+                                         if isinstance(last.get(k), (int, float))},
+                          name=".")
     self.log.close()
     self.tb.close()

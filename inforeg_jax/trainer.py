@@ -1,8 +1,14 @@
-"""The training loop, top to bottom: mesh, input, model and optimizer, sharding, step,
-eval, loop. ``train(cfg)`` writes ``metrics.jsonl``, ``summary.json``, plots, TensorBoard
-events and checkpoints into the workdir.
+"""The training loop, top to bottom: workdir, mesh, input, method, model and optimizer,
+sharding, checkpoints, the epoch loop, evaluation, summary.
 
-Accuracies are fractions in [0, 1] everywhere.
+``train(cfg)`` writes ``metrics.jsonl``, ``summary.json``, plots, TensorBoard events and
+checkpoints into the workdir and returns the summary. It holds no per-method branch: the
+method's hooks (`inforeg_jax.methods.base.Method`) do what differs. Accuracies are fractions.
+
+What it refuses or stops on, each with one `RunError` line: a used workdir without --resume or
+--overwrite; a --resume whose config differs from the checkpointed one (beyond what is safe to
+change) or asks for fewer epochs than were run; a non-finite loss or Tr(F) (unless
+--skip_nonfinite); a workdir that the processes of a multi-host run do not share.
 """
 
 from __future__ import annotations
@@ -10,169 +16,55 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Iterator
 
 import jax
-import jax.experimental.multihost_utils
+import jax.experimental.multihost_utils as multihost
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
-from inforeg_jax import balancing, checkpoint
-from inforeg_jax.config import Config
+from inforeg_jax import checkpoint, methods
+from inforeg_jax.config import Config, config_differences, from_dict
 from inforeg_jax.data import Dataset, load_dataset, pipeline, select_modalities
-from inforeg_jax.methods import METHODS
-from inforeg_jax.model_zoo import build_model
-from inforeg_jax.models import modality_labels
-from inforeg_jax.regulation import inforeg_transform, resolve_labels
+from inforeg_jax.labels import modality_labels, resolve_labels
+from inforeg_jax.methods.base import Method, Setup
+from inforeg_jax.regulation import PAPER_THRESHOLD, OFFICIAL_THRESHOLD
 from inforeg_jax.reporting import Reporter
-from inforeg_jax.train import (Rules, TrainState, create_state, make_eval_step,
+from inforeg_jax.train import (TrainState, create_state, make_eval_step, make_predict,
                                make_train_step)
 
 
-def make_rules(cfg: Config, steps_per_epoch: int, num_classes: int) -> Rules:
-  method = METHODS[cfg.method]
-  if method.rule == "inforeg" and cfg.variant == "official":  # the released code adds them
-    method = dataclasses.replace(method, unimodal_weight=1.0)
-  return Rules(method=method, steps_per_epoch=steps_per_epoch, window=cfg.window,
-               threshold=cfg.threshold, agm_alpha=cfg.agm_alpha, pmr_alpha=cfg.pmr_alpha,
-               num_classes=num_classes)
+class RunError(Exception):
+  """A run that cannot start or go on; the message is one line for the user."""
 
 
-def make_optimizer(cfg: Config, labels, steps_per_epoch: int,
-                   modalities) -> optax.GradientTransformationExtraArgs:
-  """[balancing rule] -> weight decay -> SGD with momentum and StepLR, as the released code."""
+def make_optimizer(cfg: Config, method: Method, labels, steps_per_epoch: int):
+  """[the method's transformations] -> weight decay -> SGD with momentum and StepLR, as the
+  released code (the regulation acts on the gradient before weight decay and momentum)."""
   schedule = optax.piecewise_constant_schedule(
       cfg.learning_rate,
       {k * cfg.lr_step_epochs * steps_per_epoch: cfg.lr_decay
-       for k in range(1, cfg.epochs // max(cfg.lr_step_epochs, 1) + 1)})
-  rule = METHODS[cfg.method].rule
-  chain = []
-  if rule == "inforeg":
-    # --variant=official takes the released code's K and warm-up unless the flags were changed
-    paper = Config()
-    official = cfg.variant == "official"
-    threshold = None if official and cfg.threshold == paper.threshold else cfg.threshold
-    warmup = None if official and cfg.warmup_epochs == paper.warmup_epochs else cfg.warmup_epochs
-    chain.append(inforeg_transform(labels, steps_per_epoch=steps_per_epoch, beta=cfg.beta,
-                                   threshold=threshold, warmup_epochs=warmup,
-                                   variant=cfg.variant, window=cfg.window,
-                                   modalities=modalities))
-  elif rule == "ogm_ge":
-    chain.append(balancing.ogm_ge_transform(labels, steps_per_epoch, alpha=cfg.ogm_alpha,
-                                            noise=cfg.ogm_noise, start_epoch=cfg.ogm_start,
-                                            end_epoch=cfg.ogm_end, seed=cfg.seed,
-                                            modalities=modalities))
-  elif rule == "greedy":
-    chain.append(balancing.greedy_transform(labels, threshold=cfg.greedy_threshold,
-                                            modalities=modalities))
-  chain += [optax.add_decayed_weights(cfg.weight_decay), optax.sgd(schedule, cfg.momentum)]
-  return optax.chain(*chain)
+       for k in range(1, cfg.epochs // cfg.lr_step_epochs + 1)})
+  return optax.chain(*method.transforms(labels), optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(schedule, cfg.momentum))
 
 
-def _epoch_metrics(records: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
-  """One host transfer per epoch: the means of the step metrics, and the per-step series
-  of the rule's coefficients (alpha_<m>, coef_<m>) for the plots."""
-  stacked = jax.device_get(records)
-  means = {k: float(np.mean([r[k] for r in stacked])) for k in stacked[0]}
-  series = {k: [float(r[k]) for r in stacked] for k in stacked[0]
-            if k.startswith(("alpha_", "coef_"))}
-  return means, series
-
-
-def split_holdout(arrays, fraction: float, seed: int):
-  """(train, holdout): a seeded ``fraction`` of the examples held out (G-Blending)."""
-  n = pipeline.num_examples(arrays)
-  perm = np.random.default_rng([seed, 7]).permutation(n)
-  cut = max(1, int(round(n * fraction)))
-  hold, keep = np.sort(perm[:cut]), np.sort(perm[cut:])
-  return ({k: np.asarray(v[keep]) for k, v in arrays.items()},
-          {k: np.asarray(v[hold]) for k, v in arrays.items()})
-
-
-def gblending_losses(run_eval, state, train_arrays, holdout, modalities) -> dict:
-  """Per-head losses [fused, modality...] on a training subset the size of the holdout
-  and on the holdout."""
-  n = pipeline.num_examples(holdout)
-  sub = {k: v[:n] for k, v in train_arrays.items()}
-  heads = lambda r: [r["loss"]] + [r[f"test_loss_{m}"] for m in modalities]
-  return {"train": heads(run_eval(state, sub)), "holdout": heads(run_eval(state, holdout))}
-
-
-def reweight_gblending(run_eval, state, train_arrays, holdout, modalities, last, mesh):
-  """New G-Blending loss weights from the losses now and at the last super-epoch."""
-  now = gblending_losses(run_eval, state, train_arrays, holdout, modalities)
-  weights = balancing.gblending_weights(now["train"], now["holdout"], last["train"],
-                                        last["holdout"])
-  # scaled so that the weights sum to 1 + M, the scale of joint training with unimodal losses
-  scaled = jnp.asarray(weights * len(weights), jnp.float32)
-  extra = {**state.extra, "loss_weights": jax.device_put(scaled, NamedSharding(mesh, P()))}
-  return state.replace(extra=extra), now, [float(w) for w in weights]
-
-
-def evaluate(eval_step, state, arrays, batch_size, data_sharding, modalities) -> dict[str, float]:
-  """Fused and per-modality accuracy, loss and macro-F1 of the fused prediction."""
-  sums, preds = None, []
-  for batch in pipeline.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
-    out = eval_step(state, to_global(batch, data_sharding))
-    preds.append(out.pop("pred"))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  n = sums.pop("count")
-  metrics = {k: float(v / n) for k, v in sums.items()}
-  for m in modalities:  # test losses of each head
-    metrics[f"test_loss_{m}"] = metrics.pop(f"loss_{m}")
-  pred = np.concatenate([np.asarray(jax.experimental.multihost_utils.process_allgather(p, tiled=True))
-                         for p in preds])[:pipeline.num_examples(arrays)]
-  metrics["f1_macro"] = float(f1_score(np.asarray(arrays["label"]), pred, average="macro"))
-  return metrics
+def window_threshold(cfg: Config) -> float:
+  if cfg.threshold is not None:
+    return cfg.threshold
+  official = cfg.method.startswith("inforeg") and cfg.inforeg.variant == "official"
+  return OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
 
 
 def to_global(batch, sharding):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-@dataclasses.dataclass
-class Program:
-  """What a run executes: the model, its optimizer, the sharded state and the jitted steps."""
-
-  model: Any
-  tx: optax.GradientTransformationExtraArgs
-  state: TrainState
-  train_step: Callable  # (state, batch, rng) -> (state, metrics); the state is donated
-  eval_step: Callable  # (state, batch) -> metric sums
-
-
-def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> Program:
-  """Model and optimizer from ``cfg``, the state replicated over ``mesh``, the steps jitted
-  with the batch sharded along its "data" axis."""
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  modalities = dataset.modalities
-  model = build_model(cfg, dataset)
-  example = {m: jnp.zeros((2,) + v.shape[1:], v.dtype) for m, v in dataset.train.items()
-             if m != "label"}
-  if dataset.preprocess is not None:
-    example = dataset.preprocess({"inputs": example}, jax.random.key(0), False)["inputs"]
-  init_rng = jax.random.key(cfg.seed)
-  params_shape = jax.eval_shape(lambda: model.init({"params": init_rng, "dropout": init_rng},
-                                                   example, train=False))["params"]
-  labels = modality_labels(params_shape, modalities)
-  tx = make_optimizer(cfg, labels, steps_per_epoch, modalities)
-  rules = make_rules(cfg, steps_per_epoch, dataset.num_classes)
-  state = jax.jit(lambda r: create_state(model, tx, example, r, rules),
-                  out_shardings=replicated)(init_rng)
-  train_step = jax.jit(
-      make_train_step(model, tx, resolve_labels(labels, params_shape), modalities, rules,
-                      dataset.preprocess),
-      in_shardings=(replicated, data_sharding, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, modalities, dataset.preprocess),
-                      in_shardings=(replicated, data_sharding))
-  return Program(model, tx, state, train_step, eval_step)
 
 
 def make_mesh():
@@ -180,104 +72,354 @@ def make_mesh():
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
-def train(cfg: Config, dataset: Dataset | None = None, progress: bool = True) -> dict:
-  """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
-  mesh = make_mesh()
-  data_sharding = NamedSharding(mesh, P("data"))
-  if cfg.batch_size % jax.device_count() or cfg.eval_batch_size % jax.device_count():
-    raise ValueError(f"--batch_size and --eval_batch_size must be multiples of the "
-                     f"{jax.device_count()} devices")
+@dataclasses.dataclass
+class Program:
+  """What a run executes: the method, model, optimizer, the sharded state, the jitted steps."""
 
-  # Input.
-  dataset = dataset or load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-  if cfg.modalities:
-    dataset = select_modalities(dataset, cfg.modalities.split(","))
-  train_arrays = dataset.train
-  if cfg.limit_train:
-    train_arrays = {k: v[:cfg.limit_train] for k, v in train_arrays.items()}
-  steps = pipeline.steps_per_epoch(train_arrays, cfg.batch_size)
-  modalities = dataset.modalities
+  method: Method
+  model: Any
+  tx: optax.GradientTransformationExtraArgs
+  state: TrainState
+  train_step: Callable  # (state, batch, rng) -> (state, metrics); the state is donated
+  eval_step: Callable  # (state, batch) -> metric sums
+  predict: Callable  # (state, batch, rng=None) -> outputs, evaluation mode
 
-  # Model, optimizer, sharded state, jitted steps.
-  program = build_program(cfg, dataset, steps, mesh)
-  state, train_step, eval_step = program.state, program.train_step, program.eval_step
-  step_rng = jax.random.fold_in(jax.random.key(cfg.seed), 1)
 
-  # G-Blending measures its heads on a held-out part of the training set.
-  holdout = None
-  if METHODS[cfg.method].rule == "gblending":
-    train_arrays, holdout = split_holdout(train_arrays, cfg.gb_holdout, cfg.seed)
-    steps = pipeline.steps_per_epoch(train_arrays, cfg.batch_size)
+def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> Program:
+  """The method, model and optimizer for ``cfg``, the state replicated over ``mesh``, the
+  steps jitted with the batch sharded along its "data" axis."""
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  setup = Setup(modalities=dataset.modalities, num_classes=dataset.num_classes,
+                steps_per_epoch=steps_per_epoch, window=cfg.resolved_window,
+                threshold=window_threshold(cfg), seed=cfg.seed)
+  method = methods.get(cfg.method)(cfg, setup)
+  model = method.build_model(dataset)
+  example = {m: jnp.zeros((2,) + v.shape[1:], v.dtype) for m, v in dataset.train.items()
+             if m != "label"}
+  if dataset.preprocess is not None:
+    example = dataset.preprocess({"inputs": example}, jax.random.key(0), False)["inputs"]
+  init_rng = jax.random.key(cfg.seed)
+  params_shape = jax.eval_shape(lambda: model.init({"params": init_rng, "dropout": init_rng},
+                                                   example, train=False))["params"]
+  labels = modality_labels(params_shape, setup.modalities)
+  tx = make_optimizer(cfg, method, labels, steps_per_epoch)
+  state = jax.jit(lambda r: create_state(model, tx, method, example, r),
+                  out_shardings=replicated)(init_rng)
+  train_step = jax.jit(
+      make_train_step(model, tx, method, resolve_labels(labels, params_shape),
+                      dataset.preprocess),
+      in_shardings=(replicated, data_sharding, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, setup.modalities, dataset.preprocess),
+                      in_shardings=(replicated, data_sharding))
+  predict = jax.jit(make_predict(model, dataset.preprocess))
+  return Program(method, model, tx, state, train_step, eval_step, predict)
 
-  # Model, optimizer, sharded state, jitted steps.
-  program = build_program(cfg, dataset, steps, mesh)
-  state, train_step, eval_step = program.state, program.train_step, program.eval_step
-  step_rng = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-  run_eval = lambda st, arrays: evaluate(eval_step, st, arrays, cfg.eval_batch_size,
-                                         data_sharding, modalities)
 
-  # Checkpoints: resume from the latest when asked.
-  os.makedirs(cfg.workdir, exist_ok=True)
-  ckpt = checkpoint.manager(cfg.workdir)
-  loop = {"history": [], "series": {}}
-  if cfg.resume:
-    restored = checkpoint.restore_latest(ckpt, state)
-    if restored is not None:
-      state, loop = restored
-  history = list(loop["history"])
-  first_epoch = history[-1]["epoch"] + 1 if history else 0
-  reporter = Reporter(cfg.workdir, modalities, history, loop.get("series"))
-  if holdout is not None and "gb_last" not in loop:
-    loop["gb_last"] = gblending_losses(run_eval, state, train_arrays, holdout, modalities)
+@dataclasses.dataclass
+class Loop:
+  """What the loop offers a method's hooks: training epochs, evaluation, forward passes."""
 
-  bar = tqdm(total=cfg.epochs * steps, initial=first_epoch * steps, unit="step",
-             desc=f"{cfg.dataset}/{cfg.method}", disable=not progress or jax.process_index() != 0)
-  t0 = time.time()
-  for epoch in range(first_epoch, cfg.epochs):
-    records = []
-    for batch in pipeline.train_batches(train_arrays, cfg.batch_size, cfg.seed, epoch,
+  cfg: Config
+  dataset: Dataset
+  program: Program
+  mesh: Any
+  step_rng: jax.Array
+
+  @property
+  def data_sharding(self):
+    return NamedSharding(self.mesh, P("data"))
+
+  def replicate(self, tree):
+    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+  def train_batches(self, epoch: int, arrays=None, start_batch: int = 0) -> Iterator[dict]:
+    """The global batches of an epoch of ``arrays`` (default: the training split)."""
+    arrays = self.dataset.train if arrays is None else arrays
+    for batch in pipeline.train_batches(arrays, self.cfg.batch_size, self.cfg.seed, epoch,
+                                        start_batch=start_batch,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()):
-      state, m = train_step(state, to_global(batch, data_sharding), step_rng)
-      records.append(m)
-      bar.update()
-    train_m, series = _epoch_metrics(records)
-    test_m = run_eval(state, dataset.test)
-    row = {"epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"],
-           "test_loss": test_m.pop("loss"), **test_m}
-    for m in modalities:
-      row[f"train_acc_{m}"] = train_m[f"acc_{m}"]
-      row[f"trace_{m}"] = train_m[f"grad_sq_{m}"]  # Tr(F_m) of this epoch, Eq. 7
-    # epoch means of the rule's per-step state: alpha/window (InfoReg), coef, frozen, cos
-    row.update({k: v for k, v in train_m.items()
-                if k == "window" or k.startswith(("alpha_", "window_", "coef_", "frozen_",
-                                                   "cos_"))})
-    if holdout is not None and (epoch + 1) % cfg.gb_every == 0:
-      state, loop["gb_last"], weights = reweight_gblending(
-          run_eval, state, train_arrays, holdout, modalities, loop["gb_last"], mesh)
-      row.update({f"gb_weight_{k}": w for k, w in zip(["fused", *modalities], weights)})
-    row["time_s"] = round(time.time() - t0, 2)
-    reporter.epoch(row, series)
-    loop["series"] = reporter.series
-    loop["history"] = history
-    checkpoint.save(ckpt, epoch, state, loop)
-    bar.set_postfix(acc=f"{row['acc']:.3f}",
-                    **{m[:1]: f"{row[f'acc_{m}']:.3f}" for m in modalities})
-  bar.close()
-  reporter.close()
+      yield to_global(batch, self.data_sharding)
 
-  best = max(history, key=lambda r: r["acc"])
-  summary = {
+  def train_epoch(self, state, epoch: int, arrays=None, on_step=None):
+    """One epoch of training steps; returns (state, per-step metrics on the device).
+    The state passed in is donated (copy it first to keep it)."""
+    records = []
+    for batch in self.train_batches(epoch, arrays):
+      state, metrics = self.program.train_step(state, batch, self.step_rng)
+      records.append(metrics)
+      if on_step is not None:
+        on_step(records)
+    return state, records
+
+  def evaluate(self, state, arrays) -> dict[str, float]:
+    """Fused and per-modality accuracy and loss, and the macro-F1 of the fused prediction."""
+    from sklearn.metrics import f1_score  # imported where used: a second of every start
+
+    sums, preds = None, []
+    for batch in pipeline.eval_batches(arrays, self.cfg.eval_batch_size, jax.process_index(),
+                                       jax.process_count()):
+      out = self.program.eval_step(state, to_global(batch, self.data_sharding))
+      preds.append(out.pop("pred"))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    n = sums.pop("count")
+    metrics = {k: float(v / n) for k, v in sums.items()}
+    pred = np.concatenate([np.asarray(multihost.process_allgather(p, tiled=True))
+                           for p in preds])[:pipeline.num_examples(arrays)]
+    metrics["f1_macro"] = float(f1_score(np.asarray(arrays["label"]), pred, average="macro"))
+    return metrics
+
+  def predict_batches(self, state, epoch: int, num_batches: int, augment: bool = False):
+    """(outputs, labels) of the evaluation-mode forward pass over the first ``num_batches``
+    training batches in ``epoch``'s order, with the training augmentation if ``augment``."""
+    for i, batch in enumerate(self.train_batches(epoch)):
+      if i == num_batches:
+        return
+      rng = jax.random.fold_in(self.step_rng, 2**30 + i) if augment else None
+      yield self.program.predict(state, batch, rng), batch["label"]
+
+
+# ---------------------------------------------------------------- workdir and resume
+
+
+def _used(workdir: str) -> bool:
+  return any(os.path.exists(os.path.join(workdir, f))
+             for f in ("metrics.jsonl", "summary.json", "checkpoints"))
+
+
+def prepare_workdir(cfg: Config) -> str:
+  """The run's workdir, checked: a used one only with --resume or --overwrite, writable."""
+  workdir = cfg.resolved_workdir
+  if _used(workdir) and not (cfg.resume or cfg.overwrite):
+    raise RunError(f"--workdir={workdir} already holds a run: pass --resume to continue it or "
+                   "--overwrite to replace it (or choose another --workdir)")
+  if cfg.resume and cfg.overwrite:
+    raise RunError("--resume and --overwrite exclude each other")
+  if jax.process_index() == 0:
+    try:
+      if cfg.overwrite and os.path.isdir(workdir):
+        shutil.rmtree(workdir)
+      os.makedirs(workdir, exist_ok=True)
+      probe = os.path.join(workdir, f".write-test-{uuid.uuid4().hex}")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+    except OSError as e:
+      raise RunError(f"cannot write to --workdir={workdir}: {e.strerror}") from None
+  return workdir
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Multi-host runs write one set of checkpoints: every process must see process 0's
+  workdir. A token written by process 0 must be readable by all of them."""
+  if jax.process_count() == 1:
+    return
+  token = int(multihost.broadcast_one_to_all(np.int32(np.random.randint(1, 2**31 - 1))))
+  path = os.path.join(workdir, ".process0-token")
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      f.write(str(token))
+  multihost.sync_global_devices("token written")
+  try:
+    with open(path) as f:
+      ok = f.read().strip() == str(token)
+  except OSError:
+    ok = False
+  everyone = np.asarray(multihost.process_allgather(np.int32(ok)))
+  if not everyone.all():
+    raise RunError(f"--workdir={workdir} is not shared by all {jax.process_count()} processes "
+                   f"(processes {np.flatnonzero(everyone == 0).tolist()} do not see process 0's "
+                   "files): give every process the same directory on a shared filesystem")
+
+
+def restore(cfg: Config, mngr, state):
+  """(state, loop JSON) from the latest readable checkpoint, checked against ``cfg``; or
+  None for a fresh run."""
+  if not cfg.resume:
+    return None
+  try:
+    restored = checkpoint.restore_latest(mngr, state, log=print)
+  except checkpoint.CheckpointError as e:
+    raise RunError(f"--resume: {e}; start afresh with --overwrite") from None
+  if restored is None:
+    print(f"--resume: {cfg.resolved_workdir} has no checkpoint yet; starting a fresh run")
+    return None
+  state, loop = restored
+  old = from_dict(loop["config"])
+  changed = config_differences(old, cfg)
+  if changed:
+    raise RunError("--resume with a different config: " + ", ".join(changed)
+                   + " (only --epochs and the output/eval settings may change)")
+  done = loop["history"][-1]["epoch"] + 1
+  if cfg.epochs < done:
+    raise RunError(f"--resume --epochs={cfg.epochs}, but the checkpoint has finished {done} "
+                   f"epochs: pass --epochs >= {done}")
+  return state, loop
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _epoch_means(records: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
+  """One host transfer per epoch: the means of the step metrics over the finite steps,
+  and the per-step series of the rule's coefficients for the plots."""
+  stacked = jax.device_get(records)
+  finite = np.array([r["finite"] for r in stacked]) > 0
+  keep = [r for r, f in zip(stacked, finite) if f] or stacked
+  means = {k: float(np.mean([r[k] for r in keep])) for k in keep[0]}
+  means["skipped_steps"] = int((~finite).sum())
+  series = {k: [float(r[k]) for r in stacked] for k in stacked[0]
+            if k.startswith(("alpha_", "coef_"))}
+  return means, series
+
+
+def _first_nonfinite(record: dict, modalities) -> str:
+  if not np.isfinite(float(record["loss"])):
+    return "the loss"
+  bad = [m for m in modalities if not np.isfinite(float(record[f"grad_sq_{m}"]))]
+  return "Tr(F) of " + ", ".join(bad)
+
+
+def _summary(cfg: Config, history: list[dict], train_seconds: float, workdir: str) -> dict:
+  final = history[-1]
+  select_key = "val_acc" if "val_acc" in final else "acc"
+  selected = max(history, key=lambda r: r[select_key])
+  best_test = max(history, key=lambda r: r["acc"])
+  pick = lambda r: {k: v for k, v in r.items() if k in ("acc", "f1_macro", "val_acc")
+                    or k.startswith("acc_")}
+  return {
       "dataset": cfg.dataset, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs,
+      "window": cfg.resolved_window, "workdir": workdir,
       "num_devices": jax.device_count(), "num_processes": jax.process_count(),
       "accuracy_unit": "fraction",
-      "final": {k: v for k, v in history[-1].items()
-                if k in ("acc", "f1_macro") or k.startswith("acc_")},
-      "best": {"acc": best["acc"], "epoch": best["epoch"]},
-      "train_seconds": round(time.time() - t0, 2),
-      "config": dataclasses.asdict(cfg),
+      "final": pick(final),
+      # model selection on the validation split (on test only when there is none)
+      "selected": {"by": select_key, "epoch": selected["epoch"], **pick(selected)},
+      # the best test epoch: optimistic, what the released code reports
+      "best": {"acc": best_test["acc"], "epoch": best_test["epoch"]},
+      "skipped_steps": int(sum(r.get("skipped_steps", 0) for r in history)),
+      "train_seconds": round(train_seconds, 2),
+      "config": cfg.to_dict(),
   }
+
+
+def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = None) -> dict:
+  """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
+  workdir = prepare_workdir(cfg)
+  check_shared_workdir(workdir)
+  mesh = make_mesh()
+  for flag in ("batch_size", "eval_batch_size"):
+    if getattr(cfg, flag) % jax.device_count():
+      raise RunError(f"--{flag}={getattr(cfg, flag)} must be a multiple of the "
+                     f"{jax.device_count()} devices")
+
+  # Input: the dataset, the modalities trained on, the method's split.
+  dataset = dataset or load_dataset(cfg.dataset, cfg.resolved_data_dir, cfg.seed)
+  if cfg.modalities:
+    dataset = select_modalities(dataset, cfg.modalities.split(","))
+  if cfg.limit_train:
+    dataset = dataclasses.replace(
+        dataset, train={k: v[:cfg.limit_train] for k, v in dataset.train.items()})
+  dataset = methods.get(cfg.method).split_data(cfg, dataset)
+  steps = pipeline.steps_per_epoch(dataset.train, cfg.batch_size)
+
+  # Method, model, optimizer, sharded state, jitted steps.
+  program = build_program(cfg, dataset, steps, mesh)
+  modalities = dataset.modalities
+  loop = Loop(cfg, dataset, program, mesh, jax.random.fold_in(jax.random.key(cfg.seed), 1))
+
+  # Checkpoints: resume from the latest readable one when asked.
+  mngr = checkpoint.manager(workdir)
+  state, resumed = program.state, restore(cfg, mngr, program.state)
+  if resumed is not None:
+    state, saved = resumed
+    history, series = list(saved["history"]), saved.get("series", {})
+  else:
+    history, series = [], {}
+    state = program.method.on_start(loop, state)
+  first_epoch = history[-1]["epoch"] + 1 if history else 0
+  reporter = Reporter(workdir, modalities, history, series, run_name=run_name(cfg),
+                      hparams=hparams(cfg))
+
+  interactive = sys.stderr.isatty() if progress is None else progress
+  bar = tqdm(total=cfg.epochs * steps, initial=first_epoch * steps, unit="step",
+             desc=f"{cfg.dataset}/{cfg.method}",
+             disable=not interactive or jax.process_index() != 0)
+  t0 = time.time()
+  try:
+    for epoch in range(first_epoch, cfg.epochs):
+      def check(records, i):
+        if not cfg.skip_nonfinite and not records[i]["finite"]:
+          last = f"epoch {history[-1]['epoch']}" if history else "none"
+          raise RunError(f"non-finite {_first_nonfinite(records[i], modalities)} at step "
+                         f"{epoch * steps + i} (epoch {epoch}); the run stopped (last good "
+                         f"checkpoint: {last}). Lower --learning_rate, or pass "
+                         "--skip_nonfinite to skip such steps")
+
+      def on_step(records):
+        bar.update()
+        if len(records) > 1:  # the previous step: reading it does not wait for this one
+          check(records, len(records) - 2)
+
+      state, records = loop.train_epoch(state, epoch, on_step=on_step)
+      check(records, len(records) - 1)
+      train_m, step_series = _epoch_means(records)
+      state, method_row = program.method.on_epoch_end(loop, state, epoch)
+      row = {"epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"]}
+      if getattr(dataset, "val", None) is not None:
+        val = loop.evaluate(state, dataset.val)
+        row.update({"val_acc": val["acc"], "val_loss": val["loss"]})
+        row.update({f"val_acc_{m}": val[f"acc_{m}"] for m in modalities})
+      test = loop.evaluate(state, dataset.test)
+      row.update({"test_loss": test.pop("loss"), **{k: v for k, v in test.items()
+                                                    if not k.startswith("loss_")}})
+      for m in modalities:
+        row[f"test_loss_{m}"] = test[f"loss_{m}"]
+        row[f"train_acc_{m}"] = train_m[f"acc_{m}"]
+        row[f"trace_{m}"] = train_m[f"grad_sq_{m}"]  # Tr(F_m) of this epoch, Eq. 7
+      row.update({k: v for k, v in train_m.items()
+                  if k in ("window", "skipped_steps")
+                  or k.startswith(("alpha_", "window_", "coef_", "frozen_", "cos_", "weight_"))})
+      row.update(method_row)
+      row["time_s"] = round(time.time() - t0, 2)
+      reporter.epoch(row, step_series)
+      rank = "val_acc" if "val_acc" in row else "acc"
+      checkpoint.save(mngr, epoch, state, {"history": history, "series": reporter.series,
+                                            "config": cfg.to_dict()},
+                      best_epoch=max(history, key=lambda r: r[rank])["epoch"])
+      bar.set_postfix(acc=f"{row['acc']:.3f}",
+                      **{m[:1]: f"{row[f'acc_{m}']:.3f}" for m in modalities})
+      if not interactive and jax.process_index() == 0:
+        print(f"epoch {epoch}: loss {row['train_loss']:.4f} acc {row['acc']:.3f} "
+              + " ".join(f"{m} {row[f'acc_{m}']:.3f}" for m in modalities), flush=True)
+  finally:
+    bar.close()
+    reporter.close()
+    mngr.close()
+
+  summary = _summary(cfg, history, time.time() - t0, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(cfg.workdir, "summary.json"), "w") as f:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+def run_name(cfg: Config) -> str:
+  name = f"{cfg.dataset} / {cfg.method}"
+  if cfg.modalities:
+    name += f" ({cfg.modalities})"
+  return name + f" / seed {cfg.seed}"
+
+
+def hparams(cfg: Config) -> dict[str, Any]:
+  """The flat settings TensorBoard's hparams view compares runs by."""
+  flat = {"dataset": cfg.dataset, "method": cfg.method, "seed": cfg.seed, "epochs": cfg.epochs,
+          "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+          "window": cfg.resolved_window, "fusion": cfg.fusion, "encoder": cfg.encoder,
+          "width": cfg.width, "modalities": cfg.modalities or "all"}
+  if cfg.options is not None:
+    for k, v in dataclasses.asdict(cfg.options).items():
+      flat[f"{cfg.method}.{k}"] = "" if v is None else v
+  return flat

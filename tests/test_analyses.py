@@ -41,13 +41,14 @@ def test_tsne_figure(tiny_run, tmp_path):
 
 
 def test_sweep_runs_the_grid_over_seeds_and_resumes(tmp_path, capsys):
-  flags = [f"--out={tmp_path}", "--seeds=0,1", "--grid=beta=0.5,0.9", *TINY, "--epochs=1"]
+  flags = [f"--out={tmp_path}", "--seeds=0,1", "--grid=inforeg.beta=0.5,0.9", *TINY, "--epochs=1"]
   assert sweep.main(flags) == 0
   summaries = sorted(p.parent.name + "/" + p.parent.parent.name
                      for p in tmp_path.rglob("summary.json"))
-  assert summaries == ["seed0/beta=0.5", "seed0/beta=0.9", "seed1/beta=0.5", "seed1/beta=0.9"]
+  assert summaries == ["seed0/inforeg.beta=0.5", "seed0/inforeg.beta=0.9", "seed1/inforeg.beta=0.5",
+                       "seed1/inforeg.beta=0.9"]
   table = (tmp_path / "table.md").read_text()
-  assert "| beta |" in table and table.count("| 2 |") == 2
+  assert "| inforeg.beta |" in table and table.count("| 2 |") == 2
   capsys.readouterr()
   assert sweep.main(flags) == 0  # everything done: no run starts again
-  assert "== beta" not in capsys.readouterr().out
+  assert "== inforeg.beta" not in capsys.readouterr().out

@@ -98,7 +98,7 @@ def test_matches_numpy_reference_over_epochs():
   for got, want in zip(outs, ref):
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
   # Traces of the closed epochs, newest last.
-  got_hist = np.asarray(states[-1].trace_history)[-len(history):]
+  got_hist = np.asarray(states[-1].window.trace_history)[-len(history):]
   np.testing.assert_allclose(got_hist, np.stack(history), rtol=1e-5)
   # The criterion switched both on and off after the warm-up, for more than one modality.
   windows = np.stack([np.asarray(s.in_window) for s in states[2 * SPE:]])
@@ -238,7 +238,7 @@ def test_bf16_params_stay_bf16():
                              unimodal_losses=losses)
   chex.assert_trees_all_equal_dtypes(updates, params)
   chex.assert_trees_all_equal_dtypes(state.epoch_anchor, params)
-  assert state.grad_sq_sum.dtype == jnp.float32
+  assert state.window.grad_sq_sum.dtype == jnp.float32
 
 
 def test_param_labels_as_function():
@@ -246,7 +246,7 @@ def test_param_labels_as_function():
   tx = inforeg_transform(lambda p: labels, steps_per_epoch=2)
   state = tx.init(params)
   tx.update(params, state, params, unimodal_losses=losses)
-  assert find_inforeg_state(state).grad_sq_sum.shape == (2,)
+  assert find_inforeg_state(state).window.grad_sq_sum.shape == (2,)
 
 
 @pytest.mark.parametrize("kwargs, message", [

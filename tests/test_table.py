@@ -12,8 +12,8 @@ def write(tmp_path, name, method, seed, acc, modalities=""):
       "dataset": "synthetic", "method": method, "seed": seed,
       "final": {"acc": acc, "acc_audio": acc - 0.1, "acc_visual": acc - 0.2},
       "best": {"acc": acc + 0.01, "epoch": 3},
-      "config": {"modalities": modalities, "fusion": "concat", "window": "prime",
-                 "variant": "paper"}}))
+      "window": "prime",
+      "config": {"modalities": modalities, "fusion": "concat", "inforeg": {"variant": "paper"}}}))
 
 
 def test_table_pools_seeds_per_setting(tmp_path):

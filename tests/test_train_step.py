@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inforeg_jax import inforeg_transform, models
-from inforeg_jax.regulation import resolve_labels
+from inforeg_jax import config, models
+from inforeg_jax.labels import modality_labels, resolve_labels
+from inforeg_jax.methods import get
+from inforeg_jax.methods.base import Setup
 from inforeg_jax.train import create_state, make_eval_step, make_train_step
+from inforeg_jax.window import track_window
 
 MODS = ("audio", "visual")
 
@@ -22,13 +25,12 @@ def setup(method="inforeg"):
                       "visual": jnp.asarray(rng.normal(size=(8, 2, 12, 12, 3)), jnp.float32)},
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
   params = net.init(jax.random.key(0), batch["inputs"])["params"]
-  labels = models.modality_labels(params, MODS)
-  chain = [optax.sgd(0.01, momentum=0.9)]
-  if method == "inforeg":
-    chain.insert(0, inforeg_transform(labels, steps_per_epoch=2, warmup_epochs=0, window="whole"))
-  tx = optax.chain(*chain)
-  state = create_state(net, tx, batch["inputs"], jax.random.key(0))
-  step = jax.jit(make_train_step(net, tx, resolve_labels(labels, params), MODS))
+  labels = modality_labels(params, MODS)
+  cfg = config.make_config(method=method, window="whole", **{"inforeg.warmup_epochs": 0})
+  m = get(method)(cfg, Setup(MODS, 3, steps_per_epoch=2, window="whole", threshold=0.04))
+  tx = optax.chain(*m.transforms(labels), optax.sgd(0.01, momentum=0.9))
+  state = create_state(net, tx, m, batch["inputs"], jax.random.key(0))
+  step = jax.jit(make_train_step(net, tx, m, resolve_labels(labels, params)))
   return net, tx, state, step, batch, labels
 
 

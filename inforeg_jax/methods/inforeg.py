@@ -1,0 +1,40 @@
+"""InfoReg (this paper): `inforeg_transform` first in the optimizer chain.
+
+The regulation itself (Algorithm 1, Eq. 7-16) is the optax transformation in
+`inforeg_jax.regulation`; this module wires it into a run. InfoReg* (Table 3) adds the
+unimodal losses to the objective and still measures Tr(F) on the fused loss' gradient, as
+Eq. 5 defines it (a second backward pass); the ``official`` variant trains on L + sum L_m in
+every run, as the released code does, and measures its own trace inside the transformation.
+"""
+
+from __future__ import annotations
+
+from inforeg_jax.methods.base import Method
+from inforeg_jax.regulation import inforeg_diagnostics, inforeg_transform
+
+
+class InfoReg(Method):
+  unimodal = False  # InfoReg* (InfoRegUni): with the unimodal losses
+
+  def __init__(self, cfg, setup):
+    super().__init__(cfg, setup)
+    official = self.options.variant == "official"
+    self.unimodal_weight = 1.0 if self.unimodal or official else 0.0
+    self.trace_from_fused = self.unimodal and not official
+
+  def transforms(self, labels):
+    o = self.options
+    return [inforeg_transform(
+        labels, steps_per_epoch=self.setup.steps_per_epoch, beta=o.beta,
+        threshold=self.cfg.threshold, warmup_epochs=o.warmup_epochs, variant=o.variant,
+        modalities=self.modalities, window=self.setup.window, criterion=o.criterion,
+        max_window_epochs=o.max_window_epochs)]
+
+  def step_metrics(self, opt_state, method_state):
+    diag = inforeg_diagnostics(opt_state, self.modalities)
+    return {k: v for k, v in diag.items() if not k.startswith("trace_history")}
+
+
+
+class InfoRegUni(InfoReg):
+  unimodal = True

@@ -1,0 +1,175 @@
+"""The prime learning window (paper Sec. 3.2-3.3): Tr(F_m) per epoch and the Eq. 11 criterion.
+
+One machinery for InfoReg and for every baseline that Table 4 confines to the window (or keeps
+out of it). ``TraceWindow`` holds the running sum of this epoch's per-batch ``||g_m||^2``
+(Eq. 7, 13) and the traces of earlier epochs; `track_window` is an optax transformation that
+records it (updates pass unchanged), and `inforeg_transform` keeps one inside its own state, so
+every optimizer built by the trainer holds exactly one (`find_window`).
+
+An epoch is closed lazily, at the first step of the next one (`roll`), so the criterion for a
+step is a pure function of the state before it (`flags`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from inforeg_jax.labels import ParamLabels, modality_names, resolve_labels
+
+# Epochs of trace history kept: enough for the released code's 10-epoch moving average (it
+# needs 11 traces; the zero initialisation is the ten zeros its history starts with).
+TRACE_HISTORY = 11
+
+Criterion = Literal["eq11", "bounded", "trend"]
+Window = Literal["prime", "whole", "other"]
+
+
+class TraceWindow(NamedTuple):
+  """Tr(F_m) bookkeeping: this epoch's running sum and the closed epochs' traces."""
+
+  count: jax.Array  # int32 scalar, steps recorded
+  grad_sq_sum: jax.Array  # f32[M], this epoch's sum of ||g_m||^2
+  trace_history: jax.Array  # f32[TRACE_HISTORY, M], Tr(F_m) of past epochs, newest last
+  open_epochs: jax.Array  # int32[M], consecutive closed epochs the window has been open
+
+
+def init(num_modalities: int) -> TraceWindow:
+  return TraceWindow(count=jnp.zeros([], jnp.int32),
+                     grad_sq_sum=jnp.zeros([num_modalities], jnp.float32),
+                     trace_history=jnp.zeros([TRACE_HISTORY, num_modalities], jnp.float32),
+                     open_epochs=jnp.zeros([num_modalities], jnp.int32))
+
+
+def grad_sq_norms(grads, flat_labels: Sequence, modalities: Sequence[str]) -> jax.Array:
+  """f32[M]: each modality's squared gradient norm over its leaves, the batch term of Eq. 7."""
+  leaves = jax.tree.leaves(grads)
+  return jnp.stack([
+      optax.tree.norm([g for g, l in zip(leaves, flat_labels) if l == m], squared=True)
+      .astype(jnp.float32) for m in modalities])
+
+
+def epoch_of(state: TraceWindow, steps_per_epoch) -> jax.Array:
+  return state.count // steps_per_epoch
+
+
+def prime_window(trace_history: jax.Array, threshold) -> jax.Array:
+  """bool[M], Eq. 11 per modality: (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} > K. False until both
+  epochs have a trace (a missing Tr^{t-2} is not a rise)."""
+  last, before = trace_history[-1], trace_history[-2]
+  safe = jnp.where(last > 0, last, 1.0)
+  return (last > 0) & (before > 0) & ((last - before) / safe > threshold)
+
+
+def roll(state: TraceWindow, steps_per_epoch, threshold=0.04, divisor=None) -> TraceWindow:
+  """At the first step of an epoch (count > 0): the finished epoch's trace (its sum over
+  ``divisor``, default ``steps_per_epoch``: the mean of Eq. 7) enters the history, the sum
+  restarts, and each modality's count of consecutive open epochs is updated."""
+  divisor = steps_per_epoch if divisor is None else divisor
+  new_epoch = (state.count % steps_per_epoch == 0) & (state.count > 0)
+  rolled = jnp.concatenate([state.trace_history[1:], (state.grad_sq_sum / divisor)[None]])
+  history = jnp.where(new_epoch, rolled, state.trace_history)
+  opened = prime_window(history, threshold)
+  open_epochs = jnp.where(new_epoch, jnp.where(opened, state.open_epochs + 1, 0),
+                          state.open_epochs)
+  return state._replace(grad_sq_sum=jnp.where(new_epoch, 0.0, state.grad_sq_sum),
+                        trace_history=history, open_epochs=open_epochs)
+
+
+def record(state: TraceWindow, grad_sq: jax.Array) -> TraceWindow:
+  """Adds this step's ||g_m||^2 (Eq. 13) and counts the step."""
+  return state._replace(count=optax.safe_increment(state.count),
+                        grad_sq_sum=state.grad_sq_sum + grad_sq)
+
+
+def flags(state: TraceWindow, threshold, criterion: Criterion = "eq11",
+          max_epochs: int = 0) -> jax.Array:
+  """bool[M]: whether each modality is in its prime learning window, from a rolled state.
+
+  ``criterion``:
+  - ``"eq11"``: the paper's Eq. 11 on the last two epochs' traces.
+  - ``"bounded"``: Eq. 11, but a window closes after ``max_epochs`` consecutive open epochs
+    (our option, docs/RESULTS.md: on AV-MNIST the leader's trace rises all run and Eq. 11
+    never closes).
+  - ``"trend"``: the relative rise of the 3-epoch mean over the previous 3-epoch mean
+    exceeds K, so one noisy epoch neither opens nor keeps the window open (our option).
+  """
+  history = state.trace_history
+  if criterion == "eq11":
+    return prime_window(history, threshold)
+  if criterion == "bounded":
+    return prime_window(history, threshold) & (state.open_epochs <= max_epochs)
+  if criterion == "trend":
+    now, before = jnp.mean(history[-3:], axis=0), jnp.mean(history[-6:-3], axis=0)
+    full = jnp.all(history[-6:] > 0, axis=0)
+    return full & ((now - before) / jnp.where(now > 0, now, 1.0) > threshold)
+  raise ValueError(f"criterion must be eq11, bounded or trend; got {criterion!r}")
+
+
+def official_window(trace_history: jax.Array, lead: int, threshold, epoch) -> jax.Array:
+  """The released code's criterion: relative change of a 10-epoch moving average of the
+  lead modality's trace, over a history padded with ten zeros; 1 at epoch 0."""
+  t = trace_history[:, lead]
+  now, prev = jnp.mean(t[-10:]), jnp.mean(t[-11:-1])
+  k = jnp.where(epoch == 0, 1.0, (now - prev) / jnp.where(now != 0, now, 1.0))
+  return k > threshold
+
+
+def gate(in_window, window: Window):
+  """Whether an adjustment applies now (Table 4): over the ``whole`` run, inside the
+  ``prime`` learning window, or only in the ``other`` periods."""
+  if window == "whole":
+    return jnp.ones_like(jnp.asarray(in_window), bool)
+  if window == "prime":
+    return jnp.asarray(in_window)
+  if window == "other":
+    return ~jnp.asarray(in_window)
+  raise ValueError(f"window must be prime, whole or other; got {window!r}")
+
+
+def track_window(param_labels: ParamLabels, steps_per_epoch: int, threshold=0.04,
+                 modalities: Sequence[str] | None = None
+                 ) -> optax.GradientTransformationExtraArgs:
+  """Records Tr(F_m) per epoch in the optimizer state; the updates pass unchanged.
+
+  ``update(..., grad_sq=f32[M])`` takes this step's ``||g_m||^2`` when the caller has
+  computed it already (the train step does), else computes it from the updates.
+  """
+  if steps_per_epoch < 1:
+    raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+
+  def names_of(params):
+    flat = resolve_labels(param_labels, params)
+    return flat, tuple(modalities) if modalities is not None else modality_names(flat)
+
+  def init_fn(params):
+    return init(len(names_of(params)[1]))
+
+  def update_fn(updates, state, params=None, *, grad_sq=None, **extra_args):
+    del params, extra_args
+    if grad_sq is None:
+      grad_sq = grad_sq_norms(updates, *names_of(updates))
+    state = roll(state, steps_per_epoch, threshold)
+    return updates, record(state, jnp.asarray(grad_sq, jnp.float32))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_window(opt_state) -> TraceWindow:
+  """The one TraceWindow inside an optimizer state (a tracker's or InfoReg's)."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, TraceWindow))
+           if isinstance(s, TraceWindow)]
+  if len(found) != 1:
+    raise ValueError(f"expected one TraceWindow in the optimizer state, found {len(found)}")
+  return found[0]
+
+
+def find_state(opt_state, kind: type) -> Any | None:
+  """The first state of type ``kind`` inside an optimizer state, or None."""
+  for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind)):
+    if isinstance(s, kind):
+      return s
+  return None

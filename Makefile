@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean mutate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.run
+	$(PY) -m experiments.run --resume  # a second `make run` finishes or re-reports the first
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
+
+mutate: $(STAMP)
+	$(PY) -m tests.mutate
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,8 +1,9 @@
 """What every preparation shares: flags, input checks, idempotency, the report, audio maths.
 
 A preparation is idempotent: its manifest records the checksum of its inputs and options, and
-a second run with the same ones ends at once. Splits are written atomically and the manifest
-last (``inforeg_jax.data.records``), so an interrupted run leaves no complete-looking output.
+a second run with the same ones ends at once. Every array is written into a new version
+folder and the manifest last (``inforeg_jax.data.records.Preparation``), so an interrupted run
+leaves the previous dataset complete and untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
+import struct
 import sys
 from typing import Iterable
 
@@ -28,15 +31,96 @@ class PrepError(SystemExit):
     super().__init__(2)
 
 
+# ----------------------------------------------------------------------------------------------
+# Flags
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, no usage block
+    raise PrepError(f"{message} (see {self.prog} --help)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+  def _get_help_string(self, action):  # the default, where there is one worth showing
+    text = action.help or ""
+    if action.default not in (None, "", argparse.SUPPRESS) and not action.required:
+      text += f" (default: {action.default})"
+    elif action.required and action.option_strings != ["-h", "--help"]:
+      text += " (required)"
+    return text
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is not positive")
+  return value
+
+
+def nonnegative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{value} is negative")
+  return value
+
+
+def fraction(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not 0.0 <= value < 1.0:
+    raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
+  return value
+
+
+def finite_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not np.isfinite(value):
+    raise argparse.ArgumentTypeError(f"{value} is not finite")
+  return value
+
+
+def flags(name: str, doc: str, spec: dict[str, dict], argv=None) -> argparse.Namespace:
+  """Parses ``python -m data_prep.<name>``'s flags. ``spec`` maps a flag to its
+  ``add_argument`` keywords (help, type, choices, default); a flag without a default is
+  required. No abbreviations; a bad flag is one ``error:`` line. ``args.command`` is the
+  command line as given (recorded in the manifest)."""
+  p = _Parser(prog=f"python -m data_prep.{name}", description=doc, formatter_class=_Formatter,
+              allow_abbrev=False)
+  for flag, kw in spec.items():
+    kw = dict(kw)
+    if "choices" not in kw:
+      kw.setdefault("metavar", flag.upper().split("_")[-1])
+    p.add_argument(f"--{flag}", required="default" not in kw, **kw)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = p.parse_args(argv)
+  args.command = " ".join([f"python -m data_prep.{name}"] + [shlex.quote(a) for a in argv])
+  return args
+
+
 def require_dir(path: str, flag: str, what: str) -> str:
   if not path or not os.path.isdir(path):
     raise PrepError(f"{flag}={path or '(missing)'} is not a directory; it should hold {what}")
   return path
 
 
+# ----------------------------------------------------------------------------------------------
+# Idempotency, caches, the report
+
+
 def fingerprint(files: Iterable[str], options: dict) -> str:
-  """Checksum of the inputs (names, sizes, mtimes) and the options."""
-  h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+  """Checksum of the inputs (names, sizes, mtimes), the options and the records format."""
+  h = hashlib.sha256(json.dumps({"format": records.FORMAT, **options}, sort_keys=True).encode())
   for f in sorted(files):
     st = os.stat(f)
     h.update(f"{os.path.basename(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -44,39 +128,60 @@ def fingerprint(files: Iterable[str], options: dict) -> str:
 
 
 def already_done(out_dir: str, source_fingerprint: str) -> bool:
-  manifest = records.read_manifest(out_dir)
-  if manifest and manifest.get("source_fingerprint") == source_fingerprint:
+  """True (and says so) when ``out_dir`` holds a complete dataset from these inputs/options."""
+  manifest = records.read_manifest(out_dir, strict=False)
+  if (manifest and manifest.get("source_fingerprint") == source_fingerprint
+      and records.intact(out_dir, manifest)):
     print(f"{out_dir} is already prepared from these inputs (manifest.json): nothing to do")
     return True
   return False
 
 
-def process_clips(items, process, cache_dir: str, desc: str, skipped: dict):
+def cache_dir(out_dir: str, options: dict) -> str:
+  """The per-clip cache for these processing options (another --frame_size, say, gets its own)."""
+  key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+  return os.path.join(out_dir, ".cache", key)
+
+
+def cached_clips(items, process, cache_dir: str, desc: str, skipped: dict) -> list:
   """Runs ``process(clip) -> dict of arrays`` over ``items`` [(clip, label)], caching each
   clip's result under ``cache_dir`` (an interrupted run resumes from it). A clip whose
-  ``process`` raises is recorded in ``skipped`` with the reason, never fatal.
-  Returns the stacked arrays plus ``label``, or None when no clip was usable."""
+  ``process`` raises is recorded in ``skipped`` with the reason, never fatal. Returns the
+  usable [(cache file, label)]."""
   os.makedirs(cache_dir, exist_ok=True)
-  out, labels = {}, []
+  usable = []
   for clip, label in tqdm(items, desc=desc, unit="clip"):
     cached = os.path.join(cache_dir, f"{clip}.npz")
     try:
       if os.path.exists(cached):
-        with np.load(cached) as z:
-          arrays = {k: z[k] for k in z.files}
-      else:
+        try:
+          with np.load(cached) as z:
+            z.files  # a damaged cache entry is recomputed
+        except Exception:
+          os.remove(cached)
+      if not os.path.exists(cached):
         arrays = process(clip)
         np.savez(cached + ".tmp.npz", **arrays)
         os.replace(cached + ".tmp.npz", cached)
     except Exception as e:  # corrupt or missing input: reported in the manifest and printed
       skipped[clip] = f"{type(e).__name__}: {e}"
       continue
-    for k, v in arrays.items():
-      out.setdefault(k, []).append(v)
-    labels.append(label)
-  if not labels:
-    return None
-  return {**{k: np.stack(v) for k, v in out.items()}, "label": np.asarray(labels, np.int32)}
+    usable.append((cached, label))
+  return usable
+
+
+def write_cached(prep: records.Preparation, split: str, usable: list) -> np.ndarray:
+  """Writes the cached clips of ``split`` (see `cached_clips`) without holding them in
+  memory; returns the labels."""
+  labels = np.asarray([label for _, label in usable], np.int32)
+
+  def rows():
+    for (path, label) in usable:
+      with np.load(path) as z:
+        yield {**{k: z[k] for k in z.files}, "label": np.int32(label)}
+
+  prep.write_rows(split, len(usable), rows())
+  return labels
 
 
 def md5(path: str) -> str:
@@ -92,32 +197,96 @@ def split_counts(labels: np.ndarray, num_classes: int) -> dict:
           "per_class": np.bincount(labels, minlength=num_classes).astype(int).tolist()}
 
 
-def finish(out_dir: str, manifest: dict, skipped: dict[str, str]) -> None:
-  """Writes the manifest last and prints the report (skipped inputs named, never silent)."""
+def finish(prep: records.Preparation, manifest: dict, skipped: dict[str, str]) -> None:
+  """Swaps the new version in (manifest last) and prints the report (skipped inputs named,
+  never silent)."""
   manifest["skipped"] = skipped
-  records.write_manifest(out_dir, manifest)
+  manifest = prep.commit(manifest)
   counts = {s: manifest["counts"][s]["total"] for s in manifest["counts"]}
-  print(f"prepared {manifest['name']} in {out_dir}: {counts}; skipped {len(skipped)}")
+  print(f"prepared {manifest['name']} in {prep.out_dir}: {counts}; skipped {len(skipped)}")
   for path, why in sorted(skipped.items()):
     print(f"  skipped {path}: {why}")
 
 
-def flags(description: str, *names: str, **defaults) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=description)
-  for n in names:
-    p.add_argument(f"--{n}", default=defaults.get(n), required=n not in defaults)
-  return p.parse_args()
+# ----------------------------------------------------------------------------------------------
+# Audio
 
 
-def log_spectrogram(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-  """log(|STFT| + 1e-7), Hann window, centred (reflect pad): [n_fft//2 + 1, frames]."""
-  pad = n_fft // 2
-  x = np.pad(wave.astype(np.float32), pad, mode="reflect")
-  frames = 1 + (len(x) - n_fft) // hop
-  idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
-  window = np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic Hann, as torch/librosa
-  spec = np.abs(np.fft.rfft(x[idx] * window, axis=1)).T
-  return np.log(spec + 1e-7).astype(np.float32)
+def wav_data_shortfall(path: str) -> tuple[int, int] | None:
+  """(bytes the RIFF header promises, bytes the file holds) when a .wav is truncated, else
+  None. libsndfile reads a truncated file silently, as if it were shorter."""
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    size = os.fstat(f.fileno()).st_size
+    while True:
+      chunk = f.read(8)
+      if len(chunk) < 8:
+        return None
+      cid, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+      if cid == b"data":
+        held = size - f.tell()
+        return (length, held) if held < length else None
+      f.seek(length + (length & 1), os.SEEK_CUR)
+
+
+def read_audio(path: str, rate: int | None = None) -> tuple[np.ndarray, int]:
+  """Mono float32 samples and their rate; raises ValueError (a counted skip) for a truncated
+  wav, no samples, non-finite samples or, with ``rate``, another sample rate."""
+  import soundfile
+
+  short = wav_data_shortfall(path) if path.lower().endswith(".wav") else None
+  if short:
+    raise ValueError(f"truncated wav: the header promises {short[0]} bytes of samples, the "
+                     f"file holds {short[1]}")
+  wave, got = soundfile.read(path, dtype="float32", always_2d=True)
+  wave = wave.mean(axis=1)
+  if rate is not None and got != rate:
+    raise ValueError(f"sample rate {got}, expected {rate}")
+  check_wave(wave)
+  return wave, got
+
+
+def check_wave(wave: np.ndarray) -> np.ndarray:
+  """Raises ValueError for no samples or non-finite samples."""
+  if wave.size == 0:
+    raise ValueError("no samples")
+  bad = int(np.size(wave) - np.count_nonzero(np.isfinite(wave)))
+  if bad:
+    raise ValueError(f"{bad} non-finite samples (NaN or inf)")
+  return wave
+
+
+def log_spectrogram(wave: np.ndarray, n_fft: int, hop: int, pad_mode: str = "constant",
+                    magnitude: bool = False) -> np.ndarray:
+  """log(|STFT| + 1e-7) with a periodic Hann window, centred: [n_fft//2 + 1, 1 + len//hop],
+  as ``librosa.stft(wave, n_fft=n_fft, hop_length=hop, center=True, pad_mode=pad_mode)``
+  (librosa >= 0.10 pads with zeros, ``constant``; older releases ``reflect``). Computed with
+  ``scipy.signal.ShortTimeFFT``; ``wave`` may carry leading batch axes. ``magnitude``
+  returns |STFT| instead of its log."""
+  from scipy.signal import ShortTimeFFT, get_window
+
+  x = np.asarray(wave, np.float32)
+  n = 1 + x.shape[-1] // hop
+  stft = ShortTimeFFT(get_window("hann", n_fft, fftbins=True), hop=hop, fs=1.0, mfft=n_fft)
+  if pad_mode == "constant":  # ShortTimeFFT's windows are centred on the samples, zero outside
+    spec = stft.stft(x, p0=0, p1=n)
+  else:
+    pad = [(0, 0)] * (x.ndim - 1) + [(n_fft // 2, n_fft // 2)]
+    spec = stft.stft(np.pad(x, pad, mode=pad_mode), p0=0, p1=n, k_offset=n_fft // 2)
+  spec = np.abs(spec)
+  return (spec if magnitude else np.log(spec + 1e-7)).astype(np.float32)
+
+
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] weights that average each of ``n_out`` equal spans of ``n_in`` cells
+  (area resampling; the identity when the sizes agree)."""
+  edges = np.linspace(0.0, n_in, n_out + 1)
+  lo, hi = edges[:-1, None], edges[1:, None]
+  cells = np.arange(n_in)[None, :]
+  overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
+  return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def tile_to(wave: np.ndarray, length: int) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""python -m data_prep.mosi --raw_dir=D --out_dir=O
+"""CMU-MOSI from MultiBench's aligned features.
 
-D holds the aligned CMU-MOSI features as MultiBench distributes them (``mosi_data.pkl``, or
+--raw_dir holds the aligned CMU-MOSI features as MultiBench distributes them (``mosi_data.pkl``, or
 ``mosi_raw.pkl``, from the CMU-MultimodalSDK): a pickle of ``{'train'|'valid'|'test':
 {'text' [N, L, 300], 'audio' [N, L, 74], 'vision' [N, L, 35], 'labels' [N, 1, 1]}}``.
 Binary sentiment: positive when the label is > 0, negative otherwise (Acc-2 with zeros as
 negative). Non-finite feature values (COVAREP has -inf) are set to 0 and counted, as
-MultiBench does. Written: train, test, and valid as an extra split.
+MultiBench does. Written: train, val (MultiBench's valid) and test.
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ def load_pickle(path: str) -> dict:
   return data
 
 
-def main() -> None:
-  args = common.flags(__doc__.split("\n")[0], "raw_dir", "out_dir")
+FLAGS = {
+    "raw_dir": dict(help="a folder with MultiBench's aligned CMU-MOSI pickle (mosi_data.pkl "
+                    "or mosi_raw.pkl)"),
+    "out_dir": dict(help="where the prepared dataset goes (experiments.run reads data/mosi by "
+                    "default)"),
+}
+
+
+def main(argv=None) -> None:
+  args = common.flags("mosi", __doc__, FLAGS, argv)
   raw = common.require_dir(args.raw_dir, "--raw_dir", "MultiBench's mosi_data.pkl")
   found = sorted(glob.glob(os.path.join(raw, "mosi*.pkl")))
   if not found:
@@ -49,11 +57,11 @@ def main() -> None:
   if common.already_done(args.out_dir, fp):
     return
   data = load_pickle(path)
-  counts, shapes, repaired = {}, {}, {}
-  for split in ("train", "valid", "test"):
-    if split not in data:
+  counts, shapes, repaired, arrays_of = {}, {}, {}, {}
+  for theirs_split, split in (("train", "train"), ("valid", "val"), ("test", "test")):
+    if theirs_split not in data:
       continue
-    part = data[split]
+    part = data[theirs_split]
     for key in list(MODALITIES.values()) + ["labels"]:
       if key not in part:
         raise common.PrepError(f"{path}: split {split} has no '{key}' array")
@@ -67,16 +75,20 @@ def main() -> None:
       arrays[ours] = np.where(bad, 0.0, x)
     score = np.asarray(part["labels"], np.float32).reshape(len(arrays["text"]), -1)[:, 0]
     arrays["label"] = (score > 0).astype(np.int32)
-    records.write_split(args.out_dir, split, arrays)
+    arrays_of[split] = arrays
     counts[split] = common.split_counts(arrays["label"], 2)
     shapes = {k: list(v.shape[1:]) for k, v in arrays.items() if k != "label"}
-  common.finish(args.out_dir, {
-      "name": "mosi", "num_classes": 2,
-      "kinds": {m: "sequence" for m in MODALITIES}, "frame_crop": None,
-      "counts": counts, "shapes": shapes, "source_fingerprint": fp,
-      "sources": {"pickle": os.path.basename(path), "md5": common.md5(path),
-                  "non_finite_values_zeroed": repaired},
-  }, {})
+  with records.Preparation(args.out_dir) as prep:
+    for split, arrays in arrays_of.items():
+      prep.write_split(split, arrays)
+    common.finish(prep, {
+        "name": "mosi", "num_classes": 2,
+        "kinds": {m: "sequence" for m in MODALITIES}, "frame_crop": None,
+        "counts": counts, "shapes": shapes, "source_fingerprint": fp,
+        "command": args.command, "options": {"label": "score > 0"},
+        "sources": {"pickle": os.path.basename(path), "md5": common.md5(path),
+                    "non_finite_values_zeroed": repaired},
+    }, {})
 
 
 if __name__ == "__main__":

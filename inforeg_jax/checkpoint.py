@@ -44,22 +44,34 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
-                   log: Callable[[str], None] = print):
+                   log: Callable[[str], None] = print,
+                   check: Callable[[dict], None] | None = None):
   """(state, loop) of the latest readable checkpoint, laid out like ``abstract_state``
   (whose shardings may come from another device count), or None when there is none; a
-  `CheckpointError` when there are some and none can be read."""
+  `CheckpointError` when there are some and none can be read. ``check(loop)`` sees a
+  checkpoint's loop JSON before its state is read (and may raise to refuse it)."""
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
   skipped = []
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      out = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+      loop = mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
     except Exception as e:  # a damaged checkpoint: orbax/tensorstore raise many kinds
       skipped.append(f"checkpoint {step} ({type(e).__name__})")
       continue
-    if skipped:
-      log(f"could not read {', '.join(skipped)}; resuming from checkpoint {step}")
-    return out["state"], out["loop"]
+    if check is not None:
+      check(loop)
+    try:
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))["state"]
+    except Exception as e:
+      skipped.append(f"checkpoint {step} ({type(e).__name__})")
+      continue
+    if skipped:  # the run continues from ``step``: the unreadable later ones are replaced
+      for bad in mngr.all_steps():
+        if bad > step:
+          mngr.delete(bad)
+      log(f"could not read {', '.join(skipped)} (removed); resuming from checkpoint {step}")
+    return state, loop
   if skipped:
     raise CheckpointError(f"could not read {', '.join(skipped)}: no readable checkpoint in "
                           f"{mngr.directory}")

@@ -9,15 +9,20 @@ import jax.numpy as jnp
 from inforeg_jax import models
 
 
-def build_model(cfg, dataset, unimodal_heads: bool = False) -> models.MultimodalNet:
+def trunk(cfg):
+  """The 2-D conv trunk ``--encoder`` names (a module factory), or None for transformer."""
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
   if cfg.encoder == "resnet18":
-    trunk = functools.partial(models.ResNet18, width=cfg.width, dtype=dtype)
-  elif cfg.encoder == "small_cnn":
-    trunk = functools.partial(models.SmallCNN, widths=(cfg.width, 2 * cfg.width, 4 * cfg.width),
-                              dtype=dtype)
-  elif cfg.encoder != "transformer":
-    raise ValueError(f"--encoder must be small_cnn, resnet18 or transformer; got {cfg.encoder!r}")
+    return functools.partial(models.ResNet18, width=cfg.width, dtype=dtype)
+  if cfg.encoder == "small_cnn":
+    return functools.partial(models.SmallCNN, widths=(cfg.width, 2 * cfg.width, 4 * cfg.width),
+                             dtype=dtype)
+  return None
+
+
+def build_model(cfg, dataset, unimodal_heads: bool = False) -> models.MultimodalNet:
+  """Late fusion: an encoder per modality by its input kind, the ``--fusion`` head."""
+  trunk_ = trunk(cfg)
   encoders = {}
   for m, kind in dataset.kinds.items():
     if kind == "sequence":
@@ -25,7 +30,7 @@ def build_model(cfg, dataset, unimodal_heads: bool = False) -> models.Multimodal
     elif cfg.encoder == "transformer":
       raise ValueError(f"the transformer encoder takes feature sequences; {m} is a {kind}")
     elif kind == "spectrogram":
-      encoders[m] = functools.partial(models.SpectrogramEncoder, trunk=trunk)
+      encoders[m] = functools.partial(models.SpectrogramEncoder, trunk=trunk_)
     else:
-      encoders[m] = functools.partial(models.FramesEncoder, trunk=trunk)
+      encoders[m] = functools.partial(models.FramesEncoder, trunk=trunk_)
   return models.MultimodalNet(encoders, dataset.num_classes, cfg.fusion, unimodal_heads)

@@ -45,37 +45,50 @@ class ResNet18(nn.Module):
   """ResNet-18 trunk (BasicBlock [2,2,2,2], 7x7/2 stem, 3x3/2 max-pool); NHWC in, feature map out.
 
   ``width`` is the stem's channel count (64 in the paper); tests and CPU runs use 4-16.
+  ``stages`` runs only those stages (and the stem when it includes 0), so that a model can
+  interleave two trunks stage by stage (Greedy's MMTM fusion); the parameters are the same.
   """
 
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   dtype: Any = jnp.float32
 
+  @property
+  def num_stages(self) -> int:
+    return len(self.stage_sizes)
+
   @nn.compact
-  def __call__(self, x, train: bool):
-    x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, name="conv_stem")(x.astype(self.dtype))
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, name="bn_stem")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    for i, n in enumerate(self.stage_sizes):
-      for j in range(n):
+  def __call__(self, x, train: bool, stages: Sequence[int] | None = None):
+    stages = range(self.num_stages) if stages is None else stages
+    if 0 in stages:
+      x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, kernel_init=conv_init,
+                  dtype=self.dtype, name="conv_stem")(x.astype(self.dtype))
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                               dtype=self.dtype, name="bn_stem")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for i in stages:
+      for j in range(self.stage_sizes[i]):
         x = BasicBlock(self.width * 2**i, 2 if (i > 0 and j == 0) else 1, self.dtype,
                        name=f"stage{i}_block{j}")(x, train)
     return x
 
 
 class SmallCNN(nn.Module):
-  """Conv-BN-ReLU stack with stride-2 downsampling, for small inputs (synthetic, AV-MNIST)."""
+  """Conv-BN-ReLU stack with stride-2 downsampling, for small inputs (synthetic, AV-MNIST).
+  ``stages`` runs only those layers (see `ResNet18`)."""
 
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
 
+  @property
+  def num_stages(self) -> int:
+    return len(self.widths)
+
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, stages: Sequence[int] | None = None):
     x = x.astype(self.dtype)
-    for i, w in enumerate(self.widths):
-      x = nn.Conv(w, (3, 3), (2, 2) if i else (1, 1), padding=1, use_bias=False,
+    for i in range(self.num_stages) if stages is None else stages:
+      x = nn.Conv(self.widths[i], (3, 3), (2, 2) if i else (1, 1), padding=1, use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                dtype=self.dtype, name=f"bn{i}")(x))

@@ -54,31 +54,36 @@ def _summary_writer(logdir: str):
 
 
 class Reporter:
-  """Writes one run's outputs; ``history`` rows are the metrics.jsonl lines."""
+  """Writes one run's outputs; ``history`` rows are the metrics.jsonl lines. In a multi-host
+  run only process 0 writes (``write=False`` elsewhere): the history is kept all the same."""
 
   def __init__(self, workdir: str, modalities: Sequence[str], history: list[dict],
                coefficient_series: dict[str, list[float]] | None = None, run_name: str = "",
-               hparams: dict[str, Any] | None = None):
+               hparams: dict[str, Any] | None = None, write: bool = True):
     self.workdir, self.modalities = workdir, list(modalities)
     self.history = history
     self.series = coefficient_series or {}
-    self.run_name, self.hparams = run_name, hparams or {}
-    self.log = open(os.path.join(workdir, "metrics.jsonl"), "w")
-    for row in history:
+    self.run_name, self.hparams, self.write = run_name, hparams or {}, write
+    self.log = open(os.path.join(workdir, "metrics.jsonl"), "w") if write else None
+    for row in history if write else ():
       self.log.write(json.dumps(json_safe(row)) + "\n")
-    self.log.flush()
-    self.tb = _summary_writer(os.path.join(workdir, "tensorboard"))
+    if write:
+      self.log.flush()
+    self.tb = _summary_writer(os.path.join(workdir, "tensorboard")) if write else _NoWriter()
 
   def epoch(self, row: dict, step_series: dict[str, list[float]]) -> None:
     self.history.append(row)
+    for k, values in step_series.items():
+      self.series.setdefault(k, []).extend(values)
+    if not self.write:
+      return
     self.log.write(json.dumps(json_safe(row)) + "\n")
     self.log.flush()
     for k, v in row.items():
       if k != "epoch" and isinstance(v, (int, float)):
         self.tb.add_scalar(k, v, row["epoch"])
     for k, values in step_series.items():
-      start = len(self.series.get(k, []))
-      self.series.setdefault(k, []).extend(values)
+      start = len(self.series[k]) - len(values)
       for i, v in enumerate(values):
         self.tb.add_scalar(f"step/{k}", v, start + i)
     self.tb.flush()
@@ -145,6 +150,8 @@ class Reporter:
     plt.close(fig)
 
   def close(self) -> None:
+    if not self.write:
+      return
     if self.history and self.hparams:
       last = self.history[-1]
       self.tb.add_hparams(self.hparams, {f"hparam/{k}": last[k] for k in

@@ -239,24 +239,24 @@ def restore(cfg: Config, mngr, state):
   None for a fresh run."""
   if not cfg.resume:
     return None
+
+  def check(loop):
+    changed = config_differences(from_dict(loop["config"]), cfg)
+    if changed:
+      raise RunError("--resume with a different config: " + ", ".join(changed)
+                     + " (only --epochs and the output/eval settings may change)")
+    done = loop["history"][-1]["epoch"] + 1
+    if cfg.epochs < done:
+      raise RunError(f"--resume --epochs={cfg.epochs}, but the checkpoint has finished {done} "
+                     f"epochs: pass --epochs >= {done}")
+
   try:
-    restored = checkpoint.restore_latest(mngr, state, log=print)
+    restored = checkpoint.restore_latest(mngr, state, log=print, check=check)
   except checkpoint.CheckpointError as e:
     raise RunError(f"--resume: {e}; start afresh with --overwrite") from None
   if restored is None:
     print(f"--resume: {cfg.resolved_workdir} has no checkpoint yet; starting a fresh run")
-    return None
-  state, loop = restored
-  old = from_dict(loop["config"])
-  changed = config_differences(old, cfg)
-  if changed:
-    raise RunError("--resume with a different config: " + ", ".join(changed)
-                   + " (only --epochs and the output/eval settings may change)")
-  done = loop["history"][-1]["epoch"] + 1
-  if cfg.epochs < done:
-    raise RunError(f"--resume --epochs={cfg.epochs}, but the checkpoint has finished {done} "
-                   f"epochs: pass --epochs >= {done}")
-  return state, loop
+  return restored
 
 
 # ---------------------------------------------------------------- the loop
@@ -341,7 +341,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
     state = program.method.on_start(loop, state)
   first_epoch = history[-1]["epoch"] + 1 if history else 0
   reporter = Reporter(workdir, modalities, history, series, run_name=run_name(cfg),
-                      hparams=hparams(cfg))
+                      hparams=hparams(cfg), write=jax.process_index() == 0)
 
   interactive = sys.stderr.isatty() if progress is None else progress
   bar = tqdm(total=cfg.epochs * steps, initial=first_epoch * steps, unit="step",
@@ -379,9 +379,10 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
         row[f"test_loss_{m}"] = test[f"loss_{m}"]
         row[f"train_acc_{m}"] = train_m[f"acc_{m}"]
         row[f"trace_{m}"] = train_m[f"grad_sq_{m}"]  # Tr(F_m) of this epoch, Eq. 7
-      row.update({k: v for k, v in train_m.items()
-                  if k in ("window", "skipped_steps")
-                  or k.startswith(("alpha_", "window_", "coef_", "frozen_", "cos_", "weight_"))})
+      generic = {"loss", "fused_loss", "acc", "finite"} | {
+          f"{k}_{m}" for k in ("loss", "acc", "grad_sq") for m in modalities}
+      # epoch means of the rule's own step metrics: alpha/window (InfoReg), coef, cos, ...
+      row.update({k: v for k, v in train_m.items() if k not in generic})
       row.update(method_row)
       row["time_s"] = round(time.time() - t0, 2)
       reporter.epoch(row, step_series)

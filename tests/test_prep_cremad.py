@@ -10,6 +10,7 @@ import numpy as np
 import soundfile
 
 from experiments import run
+from inforeg_jax.data import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
@@ -41,12 +42,20 @@ def make_fixture(root):
                       .astype(np.float32), 16000)
       write_flv(video / f"{clip}.flv", 1.2, 40 * k)
       clips.append((clip, label))
-  # bad inputs: a corrupt video, an unknown label, a wav without its video
+  # bad inputs: a corrupt video, an unknown label, a wav without its video, NaN audio
   soundfile.write(audio / "1009_IEO_ANG_XX.wav", np.zeros(8000, np.float32), 16000)
   (video / "1009_IEO_ANG_XX.flv").write_bytes(b"FLV garbage")
   soundfile.write(audio / "1009_IEO_XYZ_XX.wav", np.zeros(8000, np.float32), 16000)
   soundfile.write(audio / "1010_IEO_SAD_XX.wav", np.zeros(8000, np.float32), 16000)
+  soundfile.write(audio / "1011_IEO_HAP_XX.wav", np.full(8000, np.nan, np.float32), 16000,
+                  subtype="FLOAT")
+  write_flv(video / "1011_IEO_HAP_XX.flv", 0.5, 10)
   return clips
+
+
+def split_arrays(out, split):
+  m = json.loads((out / "manifest.json").read_text())
+  return records.read_split(str(out / m["version"] / split))
 
 
 def prep(*flags):
@@ -57,17 +66,27 @@ def prep(*flags):
 def test_cremad_prep_end_to_end(tmp_path):
   raw, out = tmp_path / "CREMA-D", tmp_path / "out"
   make_fixture(raw)
-  flags = [f"--raw_dir={raw}", f"--out_dir={out}", "--frame_size=40", "--frame_crop=32"]
+  flags = [f"--raw_dir={raw}", f"--out_dir={out}", "--frame_size=40", "--frame_crop=32",
+           "--val_fraction=0.25"]
   proc = prep(*flags)
   assert proc.returncode == 0, proc.stderr
   m = json.loads((out / "manifest.json").read_text())
-  assert m["counts"]["train"]["total"] + m["counts"]["test"]["total"] == 24
-  assert len(m["skipped"]) == 3, m["skipped"]  # corrupt video, unknown label, missing video
-  audio = np.load(out / "train" / "audio.npy")
-  visual = np.load(out / "train" / "visual.npy")
+  assert sum(m["counts"][s]["total"] for s in ("train", "val", "test")) == 24
+  assert m["counts"]["val"]["total"] > 0
+  # corrupt video, unknown label, missing video, NaN audio
+  assert len(m["skipped"]) == 4, m["skipped"]
+  assert "non-finite" in m["skipped"]["1011_IEO_HAP_XX"]
+  assert m["frames_stored"] == 9 and m["frames_per_sample"] == 3
+  audio, visual = split_arrays(out, "train")["audio"], split_arrays(out, "train")["visual"]
   assert audio.shape[1:] == (257, 188) and audio.dtype == np.float32
-  assert visual.shape[1:] == (3, 40, 40, 3) and visual.dtype == np.uint8
+  # 1.2 s at 30 fps: frames 0, 10, 20, 30 extracted, stretched evenly to the 9 stored
+  assert visual.shape[1:] == (9, 40, 40, 3) and visual.dtype == np.uint8
+  shades = visual[0, :, 20, 20, 0].astype(int).tolist()
+  runs = [shades[0:2], shades[2:4], shades[4:7], shades[7:9]]  # stretch(4, 9): 0,0,1,1,2,2,2,3,3
+  assert all(len(set(r)) == 1 for r in runs) and len(set(shades)) == 4, shades
   assert "nothing to do" in prep(*flags).stdout  # idempotent
+  data = records.load_prepared("cremad", str(out))
+  assert data.preprocess is not None and data.val is not None
   assert run.main(["--dataset=cremad", f"--data_dir={out}", "--tiny", "--epochs=1",
                    "--batch_size=8", f"--workdir={tmp_path / 'run'}"]) == 0
 
@@ -83,10 +102,14 @@ def test_split_dir_and_resume_from_cache(tmp_path):
   m = json.loads((out / "manifest.json").read_text())
   assert m["counts"]["train"]["total"] == 18 and m["counts"]["test"]["total"] == 6
   # An interrupted run: no manifest, the per-clip cache kept; the rerun completes from it.
+  first = np.asarray(split_arrays(out, "test")["audio"])
   (out / "manifest.json").unlink()
-  first = np.load(out / "test" / "audio.npy")
   assert prep(*flags).returncode == 0
-  np.testing.assert_array_equal(np.load(out / "test" / "audio.npy"), first)
+  np.testing.assert_array_equal(split_arrays(out, "test")["audio"], first)
+  # other processing options get their own cache, never the stale clips
+  assert prep(*flags[:-1], "--frame_size=24").returncode == 0
+  assert split_arrays(out, "test")["visual"].shape[2:4] == (24, 24)
+  assert len(list((out / ".cache").iterdir())) == 2
 
 
 def test_bad_split_file_and_missing_dir(tmp_path):
@@ -99,3 +122,13 @@ def test_bad_split_file_and_missing_dir(tmp_path):
   assert proc.returncode == 2 and "CALM" in proc.stderr and "Traceback" not in proc.stderr
   proc = prep(f"--raw_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'o'}")
   assert proc.returncode == 2 and proc.stderr.startswith("error: --raw_dir=")
+  proc = prep(f"--raw_dir={raw}", f"--out_dir={tmp_path / 'o'}", "--frames_per_sample=12")
+  assert proc.returncode == 2 and "--frames_stored=9" in proc.stderr
+  assert proc.stderr.count("\n") == 1
+
+
+def test_help():
+  proc = prep("--help")
+  assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m data_prep.cremad")
+  for flag in ("--frames_stored", "--frames_per_sample", "--val_fraction", "--split_dir"):
+    assert flag in proc.stdout

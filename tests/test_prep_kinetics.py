@@ -9,6 +9,7 @@ import av
 import numpy as np
 
 from experiments import run
+from inforeg_jax.data import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +53,11 @@ def make_fixture(root):
   return root / "videos"
 
 
+def split_arrays(out, split):
+  m = json.loads((out / "manifest.json").read_text())
+  return records.read_split(str(out / m["version"] / split))
+
+
 def prep(root, out, train="train.txt"):
   return subprocess.run([sys.executable, "-m", "data_prep.kinetics_sounds",
                          f"--raw_dir={root / 'videos'}", f"--out_dir={out}",
@@ -68,12 +74,15 @@ def test_kinetics_sounds_prep_end_to_end(tmp_path):
   m = json.loads((out / "manifest.json").read_text())
   assert m["counts"]["train"]["total"] == 9 and m["counts"]["test"]["total"] == 3
   assert set(m["skipped"]) == {"broken_000001_000011", "absent_000001_000011"}
-  audio = np.load(out / "train" / "audio.npy")
+  audio = np.asarray(split_arrays(out, "train")["audio"])
   assert audio.shape[1:] == (1024, 128) and np.isfinite(audio).all()
+  # ~3.2 s at 10 ms: ~320 frames, then zeros normalised as the release does
+  np.testing.assert_allclose(audio[:, 400:], 4.503877 / (2 * 5.141276), atol=1e-6)
   # the 300/500/700 Hz tones land in different mel bins
   peaks = [int(np.argmax(audio[i, :100].mean(0))) for i in range(3)]
   assert peaks[0] < peaks[1] < peaks[2]
-  assert np.load(out / "test" / "visual.npy").shape[1:] == (3, 40, 40, 3)
+  assert split_arrays(out, "test")["visual"].shape[1:] == (3, 40, 40, 3)
+  assert m["command"].startswith("python -m data_prep.kinetics_sounds")
   assert "nothing to do" in prep(tmp_path, out).stdout
   assert run.main(["--dataset=kinetics_sounds", f"--data_dir={out}", "--tiny", "--epochs=1",
                    "--batch_size=4", f"--workdir={tmp_path / 'run'}"]) == 0
@@ -84,4 +93,12 @@ def test_bad_list_line(tmp_path):
   (tmp_path / "bad.txt").write_text("clip00_000010_000020,10,77\n")
   proc = prep(tmp_path, tmp_path / "out", train="bad.txt")
   assert proc.returncode == 2 and "label in 0..30" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_help():
+  proc = subprocess.run([sys.executable, "-m", "data_prep.kinetics_sounds", "--help"], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0
+  assert proc.stdout.startswith("usage: python -m data_prep.kinetics_sounds")
+  assert "--frame_crop PIXELS" in proc.stdout and "(required)" in proc.stdout

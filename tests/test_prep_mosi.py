@@ -40,10 +40,11 @@ def test_mosi_prep_and_three_modality_run(tmp_path):
   proc = prep(tmp_path / "raw", out)
   assert proc.returncode == 0, proc.stderr
   m = json.loads((out / "manifest.json").read_text())
-  assert m["counts"]["train"]["total"] == 40 and m["counts"]["valid"]["total"] == 8
+  assert m["counts"]["train"]["total"] == 40 and m["counts"]["val"]["total"] == 8
   assert m["sources"]["non_finite_values_zeroed"]["train/audio"] == 1
   assert m["kinds"] == {"text": "sequence", "audio": "sequence", "visual": "sequence"}
-  assert np.isfinite(np.load(out / "train" / "audio.npy")).all()
+  assert np.isfinite(np.load(out / m["version"] / "train" / "audio.npy")).all()
+  assert m["command"] == f"python -m data_prep.mosi --raw_dir={tmp_path / 'raw'} --out_dir={out}"
   assert "nothing to do" in prep(tmp_path / "raw", out).stdout
   assert run.main(["--dataset=mosi", f"--data_dir={out}", "--tiny", "--epochs=3",
                    "--batch_size=8", "--width=16", f"--workdir={tmp_path / 'run'}"]) == 0

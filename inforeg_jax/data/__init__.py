@@ -18,6 +18,7 @@ class Dataset:
   num_classes: int
   kinds: Mapping[str, str]  # modality -> 'spectrogram' | 'frames' | 'sequence'
   preprocess: Callable | None = None  # on-device (batch, rng, train) -> batch
+  val: Mapping[str, np.ndarray] | None = None  # the validation split, when there is one
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -31,6 +32,7 @@ def select_modalities(dataset: Dataset, names) -> Dataset:
     raise ValueError(f"--modalities: {sorted(unknown)} not in {list(dataset.kinds)}")
   keep = lambda arrays: {k: v for k, v in arrays.items() if k in names or k == "label"}
   return dataclasses.replace(dataset, train=keep(dataset.train), test=keep(dataset.test),
+                             val=None if dataset.val is None else keep(dataset.val),
                              kinds={m: k for m, k in dataset.kinds.items() if m in names})
 
 
@@ -39,7 +41,7 @@ def load_dataset(name: str, data_dir: str = "", seed: int = 0) -> Dataset:
   if name == "synthetic":
     splits = make_synthetic(SyntheticSpec())
     return Dataset(name, splits["train"], splits["test"], SyntheticSpec.num_classes,
-                   {"audio": "spectrogram", "visual": "frames"})
+                   {"audio": "spectrogram", "visual": "frames"}, val=splits.get("val"))
   from inforeg_jax.data import records  # real data: prepared by data_prep
 
   return records.load_prepared(name, data_dir)

@@ -1,8 +1,13 @@
 """On-device augmentation for video frames, inside the jitted step.
 
-Frames arrive as uint8 [B, T, H, W, 3]. Training: per-frame RandomResizedCrop (scale
-(0.08, 1), ratio (3/4, 4/3), torchvision's defaults) and horizontal flip, then ImageNet
-normalisation; evaluation: resize to the output size and normalise (released code).
+Frames arrive as uint8 [B, T, H, W, 3]. When a dataset stores more frames per clip than a
+sample uses (``frames_per_sample`` in its manifest: CREMA-D stores every frame the release
+extracts), each example first draws its frames: training takes ``frames_per_sample`` distinct
+frames at random, in temporal order (the released CramedDataset draws them anew each time a
+clip is loaded), evaluation takes evenly spaced ones (the middles of equal segments). Then,
+training: per-frame RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), torchvision's
+defaults) and horizontal flip, then ImageNet normalisation; evaluation: resize to the output
+size and normalise (released code).
 """
 
 from __future__ import annotations
@@ -50,12 +55,35 @@ def augment_frames(frames, key, size: int, train: bool):
   return _normalise(flat).reshape((b, t, size, size, -1))
 
 
-def frames_preprocess(modality: str, size: int):
-  """A `Preprocess` (batch, rng, train) -> batch that augments one frames modality."""
+def frame_indices(key, batch: int, stored: int, count: int, train: bool):
+  """int32 [batch, count]: which of the ``stored`` frames each example uses. Training: distinct
+  frames drawn at random, sorted; evaluation: the middles of ``count`` equal segments."""
+  if count >= stored:
+    return jnp.broadcast_to(jnp.arange(stored, dtype=jnp.int32), (batch, stored))
+  if train:
+    order = jnp.argsort(jax.random.uniform(key, (batch, stored)), axis=1)
+    return jnp.sort(order[:, :count], axis=1).astype(jnp.int32)
+  middles = (2 * jnp.arange(count) + 1) * stored // (2 * count)
+  return jnp.broadcast_to(middles.astype(jnp.int32), (batch, count))
+
+
+def sample_frames(frames, key, count: int, train: bool):
+  """[B, T, ...] -> [B, count, ...]: the frames each example uses (see `frame_indices`)."""
+  idx = frame_indices(key, frames.shape[0], frames.shape[1], count, train)
+  return jnp.take_along_axis(frames, idx.reshape(idx.shape + (1,) * (frames.ndim - 2)), axis=1)
+
+
+def frames_preprocess(modality: str, size: int, frames_per_sample: int | None = None):
+  """A `Preprocess` (batch, rng, train) -> batch that augments one frames modality; with
+  ``frames_per_sample``, each example first draws that many of its stored frames."""
 
   def preprocess(batch, rng, train: bool):
     inputs = dict(batch["inputs"])
-    inputs[modality] = augment_frames(inputs[modality], rng, size, train)
+    frames = inputs[modality]
+    if frames_per_sample:
+      rng, pick = jax.random.split(rng)
+      frames = sample_frames(frames, pick, frames_per_sample, train)
+    inputs[modality] = augment_frames(frames, rng, size, train)
     return {**batch, "inputs": inputs}
 
   return preprocess

@@ -29,6 +29,7 @@ class SyntheticSpec:
   num_classes: int = 6
   num_train: int = 3000
   num_test: int = 1000
+  num_val: int = 1000  # a third split from the same templates, drawn after train and test
   audio_shape: tuple[int, int] = (24, 24)  # F x T
   frames: int = 2
   image_size: int = 24
@@ -78,12 +79,16 @@ def _split(spec: SyntheticSpec, rng, templates, n):
 
 
 def make_synthetic(spec: SyntheticSpec = SyntheticSpec()) -> dict[str, dict[str, np.ndarray]]:
-  """{'train': {...}, 'test': {...}}, each {'audio', 'visual', 'label'} NumPy arrays."""
+  """{'train', 'test', 'val'}: each {'audio', 'visual', 'label'} NumPy arrays. The validation
+  split is drawn last, so train and test do not depend on ``num_val``; 0 leaves it out."""
   rng = np.random.default_rng(spec.seed)
   k = spec.template_size
   templates = {
       "audio": rng.standard_normal((spec.num_classes, k, k, 1)).astype(np.float32),
       "visual": rng.standard_normal((spec.num_classes, k, k, 3)).astype(np.float32),
   }
-  return {"train": _split(spec, rng, templates, spec.num_train),
-          "test": _split(spec, rng, templates, spec.num_test)}
+  splits = {"train": _split(spec, rng, templates, spec.num_train),
+            "test": _split(spec, rng, templates, spec.num_test)}
+  if spec.num_val:
+    splits["val"] = _split(spec, rng, templates, spec.num_val)
+  return splits

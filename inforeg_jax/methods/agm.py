@@ -82,8 +82,11 @@ def update_running(running: jax.Array, scores: jax.Array, iteration) -> jax.Arra
 
 
 def modulated_sum(responses: dict, coefs: jax.Array, modalities):
-  """sum_m m_m with the gradient through each response scaled by c_m, value unchanged."""
-  return sum(c * r + jax.lax.stop_gradient((1.0 - c) * r)
+  """sum_m m_m with the gradient through each response scaled by c_m, value unchanged.
+
+  Written ``sg(r) + c (r - sg(r))``, whose value is exactly r: ``c r + sg((1 - c) r)`` loses
+  the value to cancellation in float32 when c is large (c reaches e^15)."""
+  return sum(jax.lax.stop_gradient(r) + c * (r - jax.lax.stop_gradient(r))
              for c, r in zip(coefs, (responses[m] for m in modalities)))
 
 
@@ -109,12 +112,15 @@ class AGM(Method):
     inputs, y = batch["inputs"], batch["label"]
     out, batch_stats = fwd(params, inputs)
     full = frozenset(self.modalities)
+    # the evaluation passes read the statistics the training pass has just updated, as
+    # constants (torch's running buffers carry no gradient)
+    eval_stats = jax.lax.stop_gradient(batch_stats)
     passes = {full: out["logits"]}
     for size in range(1, len(self.modalities)):
       for subset in itertools.combinations(self.modalities, size):
         zeroed = {m: x if m in subset else jnp.zeros_like(x) for m, x in inputs.items()}
         passes[frozenset(subset)] = fwd(params, zeroed, train=False,
-                                        batch_stats=batch_stats)[0]["logits"]
+                                        batch_stats=eval_stats)[0]["logits"]
     responses = shapley_responses(passes, self.modalities)
     scores = jax.lax.stop_gradient(response_scores(responses, y, self.modalities))
     running = method_state["running_scores"]

@@ -105,6 +105,6 @@ class GBlending(Method):
     return self.recompute(loop, state, 0)
 
   def on_epoch_end(self, loop, state, epoch):
-    if (epoch + 1) % self.options.super_epoch == 0:
+    if (epoch + 1) % self.options.super_epoch == 0 and epoch + 1 < self.cfg.epochs:
       state = self.recompute(loop, state, epoch + 1)
     return state, {}

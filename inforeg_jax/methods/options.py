@@ -66,7 +66,11 @@ class PMROptions:
 class GreedyOptions:
   threshold: float = option(0.01, "re-balance when |BDR_0 - BDR_1| exceeds this", minimum=0)
   phase_steps: int = option(5, "steps of a re-balancing phase", minimum=1)
-  start_epoch: int = option(2, "first epoch that may re-balance", minimum=0)
+  start_epoch: int = option(1, "first epoch (0-based) that may re-balance: one warm-up epoch, "
+                            "as the official starting_epoch 2 of its 1-based epochs", minimum=0)
+  official_running_average: bool = option(True, "both MMTM running averages from modality "
+                                          "0's scale, as the official code; false: each "
+                                          "modality's own (BalanceBenchmark)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,14 +9,28 @@ leaves the run resumable (exit status 130).
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from inforeg_jax.config import parse_flags
 
 
+def enable_compilation_cache() -> None:
+  """Compiled steps are kept on disk (~/.cache/inforeg_jax/xla), so that the next run of the
+  same program (another seed, a resumed run) starts in seconds; JAX_COMPILATION_CACHE_DIR
+  chooses another folder, an empty one turns it off."""
+  import jax
+  folder = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                          os.path.join(os.path.expanduser("~"), ".cache", "inforeg_jax", "xla"))
+  if folder:
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv=None) -> int:
   cfg, args = parse_flags(argv)  # before importing JAX: --help and flag errors are instant
   import jax
+  enable_compilation_cache()
 
   from inforeg_jax.data.records import MissingDataError
   from inforeg_jax.trainer import RunError, train

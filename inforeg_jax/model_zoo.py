@@ -16,7 +16,7 @@ def trunk(cfg):
     return functools.partial(models.ResNet18, width=cfg.width, dtype=dtype)
   if cfg.encoder == "small_cnn":
     return functools.partial(models.SmallCNN, widths=(cfg.width, 2 * cfg.width, 4 * cfg.width),
-                             dtype=dtype)
+                             dtype=dtype, stem_stride=cfg.stem_stride)
   return None
 
 

@@ -79,6 +79,7 @@ class SmallCNN(nn.Module):
 
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
+  stem_stride: int = 1  # of the first convolution; the others have stride 2
 
   @property
   def num_stages(self) -> int:
@@ -88,7 +89,8 @@ class SmallCNN(nn.Module):
   def __call__(self, x, train: bool, stages: Sequence[int] | None = None):
     x = x.astype(self.dtype)
     for i in range(self.num_stages) if stages is None else stages:
-      x = nn.Conv(self.widths[i], (3, 3), (2, 2) if i else (1, 1), padding=1, use_bias=False,
+      stride = 2 if i else self.stem_stride
+      x = nn.Conv(self.widths[i], (3, 3), (stride, stride), padding=1, use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                dtype=self.dtype, name=f"bn{i}")(x))

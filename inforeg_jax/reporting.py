@@ -1,6 +1,6 @@
 """Per-epoch outputs of a run: metrics.jsonl, TensorBoard event files, PNG plots.
 
-Plots, refreshed each epoch in the workdir, each titled with the run (dataset / method / seed):
+Plots, refreshed after an epoch at most every ``PLOT_SECONDS`` and at the end, in the workdir, each titled with the run (dataset / method / seed):
 - ``accuracy.png``: test accuracy, fused and of each modality (and validation, if any);
 - ``trace.png``: Tr(F_m) per epoch (Eq. 7); each modality's prime-learning-window epochs are
   marked in that modality's colour (a band under the curves, and the curve's markers filled);
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Sequence
 
 import matplotlib
@@ -22,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+PLOT_SECONDS = 30.0  # plotting costs about a second: a small CPU run's epoch is a few
 
 
 def json_safe(value):
@@ -64,6 +66,7 @@ class Reporter:
     self.history = history
     self.series = coefficient_series or {}
     self.run_name, self.hparams, self.write = run_name, hparams or {}, write
+    self.plotted = 0.0  # time.monotonic() of the last plot
     self.log = open(os.path.join(workdir, "metrics.jsonl"), "w") if write else None
     for row in history if write else ():
       self.log.write(json.dumps(json_safe(row)) + "\n")
@@ -87,12 +90,14 @@ class Reporter:
       for i, v in enumerate(values):
         self.tb.add_scalar(f"step/{k}", v, start + i)
     self.tb.flush()
-    self.plot()
+    if time.monotonic() - self.plotted > PLOT_SECONDS:
+      self.plot()
 
   def _title(self, ax, what: str) -> None:
     ax.set_title(f"{what}\n{self.run_name}" if self.run_name else what, fontsize=10)
 
   def plot(self) -> None:
+    self.plotted = time.monotonic()
     epochs = [r["epoch"] for r in self.history]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(epochs, [r["acc"] for r in self.history], label="fused (test)", lw=2, color="k")
@@ -152,6 +157,8 @@ class Reporter:
   def close(self) -> None:
     if not self.write:
       return
+    if self.history:
+      self.plot()
     if self.history and self.hparams:
       last = self.history[-1]
       self.tb.add_hparams(self.hparams, {f"hparam/{k}": last[k] for k in

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--tiny", "--method=inforeg", "--warmup_epochs=0", "--window=whole",
+FLAGS = ["--tiny", "--method=inforeg", "--inforeg.warmup_epochs=0", "--window=whole",
          "--limit_train=128", "--batch_size=16", "--eval_batch_size=64"]
 
 

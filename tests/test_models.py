@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from inforeg_jax import models
+from inforeg_jax.labels import modality_labels
 
 
 def resnet_net(fusion="concat", dtype=jnp.float32):
@@ -84,6 +85,6 @@ def test_sequence_encoder_for_three_modalities():
 
 def test_modality_labels():
   params = {"audio": {"a": 1, "b": {"c": 2}}, "visual": {"a": 3}, "head": {"k": 4}}
-  labels = models.modality_labels(params, ("audio", "visual"))
+  labels = modality_labels(params, ("audio", "visual"))
   assert labels == {"audio": {"a": "audio", "b": {"c": "audio"}}, "visual": {"a": "visual"},
                     "head": {"k": None}}

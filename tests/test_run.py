@@ -21,20 +21,25 @@ def read_jsonl(path):
 def test_tiny_run_writes_metrics_and_summary(tmp_path, method):
   workdir = str(tmp_path / method)
   assert run.main(["--tiny", f"--method={method}", "--limit_train=256", "--epochs=3",
-                   f"--workdir={workdir}"]) == 0
+                   f"--workdir={workdir}", "--window=whole", "--inforeg.warmup_epochs=2"]) == 0
   rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in rows] == [0, 1, 2]
-  for key in ("train_loss", "acc", "acc_audio", "acc_visual", "trace_audio", "trace_visual"):
+  for key in ("train_loss", "acc", "val_acc", "acc_audio", "acc_visual", "trace_audio",
+              "trace_visual", "f1_macro"):
     assert all(key in r for r in rows), key
   assert all(0 <= r["acc"] <= 1 for r in rows)
   if method.startswith("inforeg"):
-    assert "alpha_audio" in rows[0] and "window_visual" in rows[0]
-    assert rows[0]["alpha_audio"] == 0 and rows[1]["alpha_audio"] == 0  # warm-up epochs
+    # two warm-up epochs, then (window "whole") the leading modality is regulated
+    assert [r["alpha_audio"] + r["alpha_visual"] == 0 for r in rows] == [True, True, False]
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["dataset"] == "synthetic" and summary["method"] == method
   assert summary["num_devices"] >= 1 and summary["epochs"] == 3
-  assert set(summary["final"]) == {"acc", "acc_audio", "acc_visual", "f1_macro"}
+  assert set(summary["final"]) == {"acc", "val_acc", "acc_audio", "acc_visual", "f1_macro"}
+  assert summary["final"]["acc"] == rows[-1]["acc"]
+  best_val = max(rows, key=lambda r: r["val_acc"])
+  assert summary["selected"]["epoch"] == best_val["epoch"]
+  assert summary["selected"]["acc"] == best_val["acc"]
   assert summary["best"]["acc"] == max(r["acc"] for r in rows)
 
 
@@ -53,7 +58,7 @@ def test_missing_prepared_data_names_the_prep_command(tmp_path, capsys):
 
 def test_official_variant_uses_released_constants(tmp_path):
   workdir = tmp_path / "official"
-  assert run.main(["--tiny", "--variant=official", "--limit_train=128", "--epochs=2",
+  assert run.main(["--tiny", "--inforeg.variant=official", "--limit_train=128", "--epochs=2",
                    f"--workdir={workdir}"]) == 0
   rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   # no warm-up and k = 1 at epoch 0: the released code regulates from the first epoch

@@ -50,7 +50,7 @@ FLAGS = {
                           "tfds.data_source, no TensorFlow): 60,000 training + 10,000 test "
                           "images. The audio still comes from --fsdd_dir: TFDS's "
                           "`spoken_digit` cannot be read without TensorFlow"),
-    "out_dir": dict(help="where the prepared dataset goes (data/avmnist is where "
+    "out_dir": dict(default="data/avmnist", help="where the prepared dataset goes (data/avmnist is where "
                     "experiments.run looks by default)"),
     "seed": dict(default=0, type=common.nonnegative_int,
                  help="seeds the image split, the pairing and the audio noise"),

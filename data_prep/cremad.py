@@ -82,7 +82,7 @@ def read_split_csv(path: str) -> dict[str, int]:
 
 FLAGS = {
     "raw_dir": dict(help="CREMA-D as published: AudioWAV/*.wav and VideoFlash/*.flv"),
-    "out_dir": dict(help="where the prepared dataset goes (experiments.run reads data/cremad "
+    "out_dir": dict(default="data/cremad", help="where the prepared dataset goes (experiments.run reads data/cremad "
                     "by default)"),
     "split_dir": dict(default="", help="a folder with OGM-GE's train.csv and test.csv "
                       "(copies in ../shared/data/cremad_splits); default: a seeded split of "

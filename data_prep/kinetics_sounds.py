@@ -114,7 +114,7 @@ def read_list(path: str) -> list[tuple[str, int]]:
 
 FLAGS = {
     "raw_dir": dict(help="the Kinetics-Sounds video files (any folder layout below it)"),
-    "out_dir": dict(help="where the prepared dataset goes (experiments.run reads "
+    "out_dir": dict(default="data/kinetics_sounds", help="where the prepared dataset goes (experiments.run reads "
                     "data/kinetics_sounds by default)"),
     "train_list": dict(metavar="FILE", help="OGM-GE's my_train.txt (clip,frames,label lines)"),
     "test_list": dict(metavar="FILE", help="OGM-GE's my_test.txt"),

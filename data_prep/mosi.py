@@ -39,7 +39,7 @@ def load_pickle(path: str) -> dict:
 FLAGS = {
     "raw_dir": dict(help="a folder with MultiBench's aligned CMU-MOSI pickle (mosi_data.pkl "
                     "or mosi_raw.pkl)"),
-    "out_dir": dict(help="where the prepared dataset goes (experiments.run reads data/mosi by "
+    "out_dir": dict(default="data/mosi", help="where the prepared dataset goes (experiments.run reads data/mosi by "
                     "default)"),
 }
 

@@ -2,7 +2,7 @@
 
 A row per setting (dataset, method, modalities trained, fusion, window, variant), seeds
 pooled as mean +- std; columns: final fused accuracy, final accuracy of each modality
-through the head, best fused accuracy (best-on-test: optimistic), seeds. Percentages.
+through the head, best fused accuracy (best-on-test: optimistic), seeds. Fractions.
 """
 
 from __future__ import annotations
@@ -71,10 +71,15 @@ def render(paths, group_by=()) -> str:
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv:
-    raise SystemExit("usage: python -m experiments.table DIR [DIR ...]")
-  print(render(argv))
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m experiments.table", allow_abbrev=False,
+                              description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+  p.add_argument("paths", nargs="+", metavar="DIR",
+                 help="run folders (or summary.json files) searched recursively")
+  p.add_argument("--group_by", default="", help="comma-separated config fields added to each "
+                 "row's key, e.g. inforeg.beta")
+  args = p.parse_args(argv)
+  print(render(args.paths, [g for g in args.group_by.split(",") if g]))
   return 0
 
 

@@ -46,3 +46,36 @@ def test_one_and_four_devices_agree_and_checkpoints_move(tmp_path):
   _, straight = run(1, tmp_path / "straight", "--epochs=3")
   assert [r["epoch"] for r in resumed] == [0, 1, 2]
   np.testing.assert_allclose(resumed[-1]["train_loss"], straight[-1]["train_loss"], rtol=2e-4)
+
+
+def two_processes(workdirs, port):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.run", *FLAGS, "--epochs=2",
+                             f"--workdir={w}", f"--coordinator_address=127.0.0.1:{port}",
+                             "--num_processes=2", f"--process_id={i}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i, w in enumerate(workdirs)]
+  return [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+
+
+def free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_refuse_unshared_workdirs(tmp_path):
+  """Multi-host on one machine: two processes (gloo collectives) sharing a workdir train to
+  the same losses as one process; with a workdir each, both stop with one line."""
+  out = two_processes([tmp_path / "two", tmp_path / "two"], free_port())
+  assert [rc for rc, _ in out] == [0, 0], out[0][1][-2000:] + out[1][1][-2000:]
+  _, one = run(1, tmp_path / "one", "--epochs=2")
+  with open(tmp_path / "two" / "metrics.jsonl") as f:
+    two = [json.loads(line) for line in f]
+  for key in ("train_loss", "test_loss", "trace_audio", "alpha_audio"):
+    np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-5,
+                               atol=1e-6, err_msg=key)
+  out = two_processes([tmp_path / "a", tmp_path / "b"], free_port())
+  for rc, err in out:
+    assert rc == 2 and "is not shared by all 2 processes" in err and "Traceback" not in err

@@ -1,6 +1,9 @@
 """The paper's analyses as commands; each writes a PNG and the numbers behind it (JSON).
 
-  python -m experiments.analyze traces RUN [RUN ...] --out=fig1      (Fig. 1: Tr(F_m) per epoch)
+  python -m experiments.analyze traces RUN [RUN ...] --out=fig1      (Figs. 1/5: Tr(F_m) per
+      epoch, each modality's window epochs filled)
+  python -m experiments.analyze windows RUN [RUN ...] --out=windows  (InfoReg's window and
+      alpha per run and modality, JSON)
   python -m experiments.analyze gradcos RUN --modality=visual --out=fig4
       (Fig. 4: cosine similarity of the modality's gradients across training batches,
        at the run's latest checkpoint)
@@ -48,21 +51,75 @@ def save(out: str, fig, numbers: dict) -> None:
   print(f"wrote {out}.png and {out}.json")
 
 
+def run_label(run: str) -> str:
+  """method (modalities) seed k, from the run's summary (its folder name otherwise)."""
+  try:
+    with open(os.path.join(run, "summary.json")) as f:
+      s = json.load(f)
+  except OSError:
+    return os.path.basename(os.path.normpath(run))
+  mods = s["config"].get("modalities")
+  return f"{s['method']}{f' ({mods})' if mods else ''} seed {s['seed']}"
+
+
 def traces(runs: list[str], out: str) -> dict:
+  """Fig. 1/5: Tr(F_m) per epoch of each run and modality; the epochs a modality was in its
+  prime learning window (InfoReg's window_<m>, else the run's window flag) drawn filled."""
   numbers = {}
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for k, run in enumerate(runs):
+    rows = read_rows(run)
+    label = run_label(run)
+    epochs = [r["epoch"] for r in rows]
+    for key in rows[0]:
+      if not key.startswith("trace_"):
+        continue
+      m = key[6:]
+      values = [r[key] for r in rows]
+      flags = [r.get(f"window_{m}", r.get("window", 0.0)) > 0.5 for r in rows]
+      numbers[f"{label}/{m}"] = {"trace": values, "window": flags}
+      line, = ax.plot(epochs, values, marker="o", ms=4, mfc="white", label=f"{label}: {m}",
+                      ls="-" if k % 2 == 0 else "--")
+      opened = [(e, v) for e, v, f in zip(epochs, values, flags) if f]
+      if opened:
+        ax.plot(*zip(*opened), ls="none", marker="o", ms=4, color=line.get_color())
+  ax.set(xlabel="epoch", ylabel="Tr(F)  (mean squared gradient norm)",
+         title="Information acquisition per modality (filled: in the prime learning window)")
+  ax.legend(fontsize=7)
+  save(out, fig, numbers)
+  return numbers
+
+
+def windows(runs: list[str], out: str) -> dict:
+  """InfoReg's window per run and modality: epochs open, first and last open epoch, the
+  longest open stretch, the regulated epochs and alpha's range over them, and which
+  modality led (was regulated most). Writes JSON only."""
+  per_run = {}
   for run in runs:
     rows = read_rows(run)
-    label = os.path.basename(os.path.normpath(run))
+    stats = {}
     for key in rows[0]:
-      if key.startswith("trace_"):
-        values = [r[key] for r in rows]
-        numbers[f"{label}/{key[6:]}"] = values
-        ax.plot([r["epoch"] for r in rows], values, marker="o", ms=3,
-                label=f"{label}: {key[6:]}")
-  ax.set(xlabel="epoch", ylabel="Tr(F)", title="Information acquisition per modality")
-  ax.legend(fontsize=8)
-  save(out, fig, numbers)
+      if not key.startswith("window_"):
+        continue
+      m = key[7:]
+      opened = [r["epoch"] for r in rows if r[key] > 0.5]
+      regulated = [r for r in rows if r.get(f"alpha_{m}", 0) > 0]
+      longest = run_ = 0
+      for r in rows:
+        run_ = run_ + 1 if r[key] > 0.5 else 0
+        longest = max(longest, run_)
+      stats[m] = {"epochs_open": len(opened), "first_open": opened[0] if opened else None,
+                  "last_open": opened[-1] if opened else None, "longest_open": longest,
+                  "epochs_regulated": len(regulated),
+                  "alpha_mean_when_regulated": (float(np.mean([r[f"alpha_{m}"] for r in regulated]))
+                                                if regulated else 0.0),
+                  "trace_first_last": [rows[0][f"trace_{m}"], rows[-1][f"trace_{m}"]]}
+    per_run[run_label(run)] = stats
+  numbers = {"runs": per_run, "epochs": len(read_rows(runs[0]))}
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(numbers, f, indent=2)
+  print(json.dumps(numbers, indent=1))
   return numbers
 
 
@@ -152,8 +209,8 @@ def tsne(run: str, modality: str, limit: int, out: str) -> dict:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="kind", required=True)
-  t = sub.add_parser("traces")
-  t.add_argument("runs", nargs="+")
+  for name in ("traces", "windows"):
+    sub.add_parser(name).add_argument("runs", nargs="+")
   for name in ("gradcos", "tsne"):
     s = sub.add_parser(name)
     s.add_argument("run")
@@ -165,6 +222,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.kind == "traces":
     traces(args.runs, args.out)
+  elif args.kind == "windows":
+    windows(args.runs, args.out)
   elif args.kind == "gradcos":
     gradcos(args.run, args.modality, args.batches, args.out)
   else:

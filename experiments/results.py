@@ -196,16 +196,20 @@ def main(argv=None) -> int:
     unique.setdefault((d, tuple(flags), seed), (d, name))
   results: dict = {}
   t0 = time.time()
-  bar = tqdm(total=len(unique), unit="run", desc="results")
+  tty = sys.stderr.isatty()
+  bar = tqdm(total=len(unique), unit="run", desc="results", disable=not tty)
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     futures = {}
     for (d, flags, seed), (_, name) in unique.items():
       workdir = os.path.join(args.out, d, slug(name), f"seed{seed}")
       futures[pool.submit(run_one, list(flags), workdir, args.jobs > 1)] = (d, flags, seed)
     for f in concurrent.futures.as_completed(futures):
-      results[futures[f]] = f.result()
+      results[futures[f]] = r = f.result()
       bar.update()
-      bar.set_postfix_str(f"{futures[f][0]} {results[futures[f]]['method']}")
+      bar.set_postfix_str(f"{futures[f][0]} {r['method']}")
+      if not tty:  # one line a run instead of a progress bar in a log
+        print(f"[{len(results)}/{len(unique)} {time.time() - t0:.0f} s] {r['dataset']} "
+              f"{r['method']} seed {r['seed']}: acc {r['final']['acc']:.3f}", flush=True)
   bar.close()
   os.makedirs(args.docs, exist_ok=True)
   for d in datasets:
@@ -213,11 +217,12 @@ def main(argv=None) -> int:
     doc = json.load(open(path)) if os.path.exists(path) else {}
     doc.update({"dataset": d, "prep_command": PREP.get(d, "(built in: no preparation)"),
                 "date": time.strftime("%Y-%m-%d"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
-                "command": "python -m experiments.results " + " ".join(sys.argv[1:] if argv is None
-                                                                      else argv)})
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU"})
     doc.setdefault("tables", {})
+    doc.setdefault("table_commands", {})
     for t in tables:
+      doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
+                                  f"--datasets={d} --seeds={args.seeds}")
       by_name = {name: {seed: results[(d, tuple(resolve(flags, d)), seed)] for seed in seeds}
                  for name, flags in rows(t)}
       doc["tables"][t] = summarise(d, t, by_name)
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
     doc["rows"] = [r for t in doc["tables"].values() for r in t]
     with open(path, "w") as f:
       json.dump(doc, f, indent=1)
-  print(f"{len(unique)} runs, {time.time() - t0:.0f} s")
+  print(f"{len(unique)} runs, {time.time() - t0:.0f} s wall")
   return 0
 
 

@@ -190,11 +190,7 @@ def inforeg_transform(
 
 def find_inforeg_state(opt_state) -> InfoRegState:
   """The InfoRegState inside an optimizer state (a chain, inject_hyperparams, ...)."""
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, InfoRegState))
-           if isinstance(s, InfoRegState)]
-  if len(found) != 1:
-    raise ValueError(f"expected one InfoRegState in the optimizer state, found {len(found)}")
-  return found[0]
+  return window_lib.find_one(opt_state, InfoRegState)
 
 
 def inforeg_diagnostics(opt_state, modalities: Sequence[str]) -> dict[str, jax.Array]:

@@ -285,6 +285,27 @@ def _first_nonfinite(record: dict, modalities) -> str:
   return "Tr(F) of " + ", ".join(bad)
 
 
+def epoch_row(loop: Loop, state, train: dict[str, float]) -> dict[str, float]:
+  """An epoch's metrics.jsonl fields: training means, validation and test evaluations, the
+  traces, and the method's own step metrics (their epoch means)."""
+  modalities = loop.dataset.modalities
+  row = {"train_loss": train["loss"], "train_acc": train["acc"]}
+  if loop.dataset.val is not None:
+    val = loop.evaluate(state, loop.dataset.val)
+    row.update({"val_acc": val["acc"], "val_loss": val["loss"],
+                **{f"val_acc_{m}": val[f"acc_{m}"] for m in modalities}})
+  test = loop.evaluate(state, loop.dataset.test)
+  row.update({"test_loss": test["loss"], "acc": test["acc"], "f1_macro": test["f1_macro"]})
+  for m in modalities:
+    row.update({f"acc_{m}": test[f"acc_{m}"], f"test_loss_{m}": test[f"loss_{m}"],
+                f"train_acc_{m}": train[f"acc_{m}"],
+                f"trace_{m}": train[f"grad_sq_{m}"]})  # Tr(F_m) of this epoch, Eq. 7
+  generic = {"loss", "fused_loss", "acc", "finite"} | {
+      f"{k}_{m}" for k in ("loss", "acc", "grad_sq") for m in modalities}
+  row.update({k: v for k, v in train.items() if k not in generic})  # alpha_, coef_, cos_...
+  return row
+
+
 def _summary(cfg: Config, history: list[dict], train_seconds: float, workdir: str) -> dict:
   final = history[-1]
   select_key = "val_acc" if "val_acc" in final else "acc"
@@ -370,23 +391,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
       check(records, len(records) - 1)
       train_m, step_series = _epoch_means(records)
       state, method_row = program.method.on_epoch_end(loop, state, epoch)
-      row = {"epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"]}
-      if getattr(dataset, "val", None) is not None:
-        val = loop.evaluate(state, dataset.val)
-        row.update({"val_acc": val["acc"], "val_loss": val["loss"]})
-        row.update({f"val_acc_{m}": val[f"acc_{m}"] for m in modalities})
-      test = loop.evaluate(state, dataset.test)
-      row.update({"test_loss": test.pop("loss"), **{k: v for k, v in test.items()
-                                                    if not k.startswith("loss_")}})
-      for m in modalities:
-        row[f"test_loss_{m}"] = test[f"loss_{m}"]
-        row[f"train_acc_{m}"] = train_m[f"acc_{m}"]
-        row[f"trace_{m}"] = train_m[f"grad_sq_{m}"]  # Tr(F_m) of this epoch, Eq. 7
-      generic = {"loss", "fused_loss", "acc", "finite"} | {
-          f"{k}_{m}" for k in ("loss", "acc", "grad_sq") for m in modalities}
-      # epoch means of the rule's own step metrics: alpha/window (InfoReg), coef, cos, ...
-      row.update({k: v for k, v in train_m.items() if k not in generic})
-      row.update(method_row)
+      row = {"epoch": epoch, **epoch_row(loop, state, train_m), **method_row}
       row["time_s"] = round(time.time() - t0, 2)
       reporter.epoch(row, step_series)
       rank = "val_acc" if "val_acc" in row else "acc"

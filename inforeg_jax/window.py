@@ -12,7 +12,7 @@ step is a pure function of the state before it (`flags`).
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -158,18 +158,16 @@ def track_window(param_labels: ParamLabels, steps_per_epoch: int, threshold=0.04
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def find_window(opt_state) -> TraceWindow:
-  """The one TraceWindow inside an optimizer state (a tracker's or InfoReg's)."""
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, TraceWindow))
-           if isinstance(s, TraceWindow)]
+def find_one(opt_state, kind: type):
+  """The one state of type ``kind`` inside an optimizer state (a chain, inject_hyperparams,
+  ...); a ValueError if there is not exactly one."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
+           if isinstance(s, kind)]
   if len(found) != 1:
-    raise ValueError(f"expected one TraceWindow in the optimizer state, found {len(found)}")
+    raise ValueError(f"expected one {kind.__name__} in the optimizer state, found {len(found)}")
   return found[0]
 
 
-def find_state(opt_state, kind: type) -> Any | None:
-  """The first state of type ``kind`` inside an optimizer state, or None."""
-  for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind)):
-    if isinstance(s, kind):
-      return s
-  return None
+def find_window(opt_state) -> TraceWindow:
+  """The one TraceWindow inside an optimizer state (a tracker's or InfoReg's)."""
+  return find_one(opt_state, TraceWindow)

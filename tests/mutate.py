@@ -80,18 +80,21 @@ TARGETS = [
 ]
 
 # Module (glob, first match wins) -> the fast test files that guard it (globs, ``{name}``: the
-# module's file name without .py; missing files are left out). Only unit tests that take seconds:
-# every mutant runs them (smoke and end-to-end tests do not belong here).
+# module's file name without .py; missing files are left out), run in this order with -x, so
+# the quickest and most direct tests come first. Only unit tests that take seconds: every
+# mutant runs them. Never the end-to-end or subprocess files (test_run, test_methods_e2e,
+# test_failure_modes, test_distributed, test_analyses, test_config's CLI runs, ...).
 TESTS = {
-    "inforeg_jax/regulation.py": ["tests/test_regulation.py", "tests/test_window.py",
-                                  "tests/test_properties.py"],
+    "inforeg_jax/regulation.py": ["tests/test_regulation.py", "tests/test_properties.py"],
     "inforeg_jax/window.py": ["tests/test_window.py", "tests/test_regulation.py",
                               "tests/test_properties.py"],
     "inforeg_jax/methods/__init__.py": ["tests/test_methods.py"],
-    "inforeg_jax/methods/base.py": ["tests/test_methods.py", "tests/test_golden_*.py"],
-    "inforeg_jax/methods/options.py": ["tests/test_methods.py", "tests/test_config.py"],
-    "inforeg_jax/methods/*.py": ["tests/test_golden_{name}.py", "tests/test_{name}.py",
-                                 "tests/test_methods.py", "tests/test_properties.py"],
+    "inforeg_jax/methods/base.py": ["tests/test_methods.py", "tests/test_train_step.py"],
+    "inforeg_jax/methods/options.py": ["tests/test_methods.py"],
+    "inforeg_jax/methods/joint.py": ["tests/test_methods.py"],
+    "inforeg_jax/methods/inforeg.py": ["tests/test_methods.py"],
+    "inforeg_jax/methods/*.py": ["tests/test_{name}.py", "tests/test_golden_{name}.py",
+                                 "tests/test_methods.py"],
     "inforeg_jax/train.py": ["tests/test_train_step.py"],
     "inforeg_jax/trainer.py": ["tests/test_trainer.py"],
     "inforeg_jax/checkpoint.py": ["tests/test_checkpoint.py"],
@@ -113,10 +116,57 @@ def pytest_runtest_logreport(report):
 def pytest_collectreport(report):
   pytest_runtest_logreport(report)
 '''
+# Libraries the fork server imports once (never the package under test); each test run is a
+# child forked from it, so a mutant costs its tests, not an interpreter start and ~3 s of imports.
+PRELOAD = ("numpy", "jax", "jax.numpy", "jax.experimental.multihost_utils", "flax",
+           "flax.linen", "flax.struct", "optax", "chex", "pytest", "hypothesis",
+           "hypothesis.strategies", "hypothesis.extra.numpy", "orbax.checkpoint", "grain",
+           "tqdm.auto", "sklearn.metrics")
+# Copied into each workspace and started there (``--no-fork``: a fresh ``python -m pytest`` per
+# run instead). Protocol: one JSON request a line on stdin ({"args": [...], "env": {...}}),
+# answered by {"pid": child} when the child starts and {"rc": exit status} when it ends.
+SERVER = '''import json, os, runpy, sys
+out = os.fdopen(os.dup(1), "w")  # the answers; whatever else writes to stdout goes nowhere
+os.dup2(os.open(os.devnull, os.O_RDWR), 1)
+if os.path.exists(os.path.join("tests", "conftest.py")):  # its environment, read at jax import
+  runpy.run_path(os.path.join("tests", "conftest.py"))
+for name in %r:
+  try:
+    __import__(name)
+  except Exception:
+    pass
+from jax._src import xla_bridge
+if xla_bridge.backends_are_initialized() or any(
+    m.split(".")[0] == "inforeg_jax" for m in sys.modules):
+  sys.exit(3)  # forking would share a started backend or the unmutated package
+out.write("ready\\n")
+out.flush()
+for line in sys.stdin:
+  request = json.loads(line)
+  pid = os.fork()
+  if pid == 0:
+    rc = 4
+    try:
+      os.setsid()
+      null = os.open(os.devnull, os.O_RDWR)
+      for fd in (0, 1, 2):
+        os.dup2(null, fd)
+      os.environ.update(request["env"])
+      import pytest
+      rc = int(pytest.main(request["args"]))
+    finally:
+      os._exit(rc)
+  out.write(json.dumps({"pid": pid}) + "\\n")
+  out.flush()
+  _, status = os.waitpid(pid, 0)
+  out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}) + "\\n")
+  out.flush()
+''' % (PRELOAD,)
 
 OPERATORS = ("cmp", "binop", "const", "index", "bool", "boolop", "unary", "swap", "where",
              "minmax", "return")
 
+JAX_CACHE = ""  # the run's JAX compilation cache (a temporary directory, set by main)
 STOPPING = threading.Event()  # set on interrupt: results of killed test runs are not recorded
 WORKSPACES: list = []
 
@@ -470,7 +520,7 @@ def repo_files() -> list[str]:
 class Workspace:
   """A temporary copy of the repository's files (of ``files`` under ``source``)."""
 
-  def __init__(self, files, source=ROOT):
+  def __init__(self, files, source=ROOT, fork=True):
     self.dir = tempfile.mkdtemp(prefix="mutate-")
     for f in files:
       dst = os.path.join(self.dir, f)
@@ -478,7 +528,13 @@ class Workspace:
       shutil.copy2(os.path.join(source, f), dst)
     with open(os.path.join(self.dir, "_mutate_plugin.py"), "w") as f:
       f.write(PLUGIN)
-    self.proc = None
+    with open(os.path.join(self.dir, "_mutate_server.py"), "w") as f:
+      f.write(SERVER)
+    self.proc = None  # the pytest subprocess (no fork server)
+    self.fork = fork
+    self.server = None  # the fork server and the queue of its answer lines
+    self.answers = None
+    self.child = None  # the forked pytest's pid while it runs
     # The tests must import the copy, not the working tree (the package is installed editable).
     spec = subprocess.run(
         [sys.executable, "-c",
@@ -493,6 +549,9 @@ class Workspace:
                PYTHONPATH=os.pathsep.join([self.dir] + [p for p in [os.environ.get(
                    "PYTHONPATH")] if p]))
     env.setdefault("JAX_PLATFORMS", "cpu")
+    if JAX_CACHE:  # every compilation cached, however quick: most recur from mutant to mutant
+      env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return env
 
   def write(self, rel: str, text: str) -> None:
@@ -502,28 +561,66 @@ class Workspace:
       f.write(text)
     os.replace(tmp, dst)
 
+  def start_server(self) -> bool:
+    """Starts the fork server if it is not running; False if it cannot (then plain runs)."""
+    if self.server is not None and self.server.poll() is None:
+      return True
+    self.server = subprocess.Popen([sys.executable, "_mutate_server.py"], cwd=self.dir,
+                                   env=self.env(), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, start_new_session=True)
+    answers = self.answers = queue.Queue()
+
+    def read(stream):
+      for line in stream:
+        answers.put(line)
+      answers.put(None)
+
+    threading.Thread(target=read, args=(self.server.stdout,), daemon=True).start()
+    try:
+      ready = answers.get(timeout=300)
+    except queue.Empty:
+      ready = None
+    if ready is None or ready.strip() != "ready":
+      self.stop_server()
+      self.fork = False
+      print("  the fork server did not start; running a fresh pytest per mutant", flush=True)
+      return False
+    return True
+
+  def stop_server(self):
+    server, self.server = self.server, None
+    if server is not None and server.poll() is None:
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+      server.wait()
+
   def pytest(self, tests, deselect, timeout, stop_first=True):
     """(returncode or None on timeout, seconds, failing node ids)."""
     failed = os.path.join(self.dir, "_failed.txt")
     if os.path.exists(failed):
       os.remove(failed)
-    env = self.env(MUTATE_FAILED=failed)
-    cmd = [sys.executable] + PYTEST + ([] if stop_first else ["--maxfail=1000"])
+    args = PYTEST[2:] + ([] if stop_first else ["--maxfail=1000"])
     if not stop_first:
-      cmd.remove("-x")
+      args.remove("-x")
     for d in deselect:
-      cmd += ["--deselect", d]
-    cmd += list(tests)
+      args += ["--deselect", d]
+    args += list(tests)
     start = time.monotonic()
-    self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-      rc = self.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      self.kill()
-      rc = None
-    finally:
-      self.proc = None
+    if self.fork and self.start_server():
+      rc = self.forked(args, {"MUTATE_FAILED": failed}, timeout)
+    else:
+      self.proc = subprocess.Popen([sys.executable, "-m", "pytest"] + args, cwd=self.dir,
+                                   env=self.env(MUTATE_FAILED=failed),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+      try:
+        rc = self.proc.wait(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        self.kill()
+        rc = None
+      finally:
+        self.proc = None
     seconds = time.monotonic() - start
     ids = []
     if os.path.exists(failed):
@@ -531,7 +628,33 @@ class Workspace:
         ids = list(dict.fromkeys(l.strip() for l in f if l.strip()))
     return rc, seconds, ids
 
+  def forked(self, args, env, timeout):
+    """One pytest run in a child of the fork server: its exit status, None on timeout."""
+    self.server.stdin.write(json.dumps({"args": args, "env": env}) + "\n")
+    self.server.stdin.flush()
+    answer = self.answers.get(timeout=120)
+    if answer is None:
+      raise RuntimeError("the fork server stopped")
+    self.child = json.loads(answer)["pid"]
+    try:
+      answer = self.answers.get(timeout=timeout)
+      timed_out = False
+    except queue.Empty:
+      timed_out = True
+      self.kill()
+      answer = self.answers.get(timeout=120)
+    finally:
+      self.child = None
+    if answer is None:
+      raise RuntimeError("the fork server stopped")
+    return None if timed_out else json.loads(answer)["rc"]
+
   def kill(self):
+    """Kills the running test process (and its children); the fork server stays."""
+    child = self.child
+    if child is not None:
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(child, signal.SIGKILL)  # the forked pytest made itself a process group
     proc = self.proc
     if proc is not None and proc.poll() is None:
       try:
@@ -542,6 +665,7 @@ class Workspace:
 
   def remove(self):
     self.kill()
+    self.stop_server()
     shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -785,6 +909,9 @@ def main(argv=None):
   parser.add_argument("--baseline-timeout", type=float, default=900)
   parser.add_argument("--operators", default=",".join(OPERATORS),
                       help="comma-separated operators to run (default: all)")
+  parser.add_argument("--no-fork", action="store_true",
+                      help="a fresh `python -m pytest` per mutant instead of a child of the fork "
+                      "server (slower; for debugging)")
   parser.add_argument("--limit", type=int, default=0, help="run at most N mutants per module")
   parser.add_argument("--list", action="store_true",
                       help="print the mutants (count per module; with -v each) and exit")
@@ -830,10 +957,12 @@ def main(argv=None):
 
   signal.signal(signal.SIGTERM, on_term)
   files = repo_files()
+  global JAX_CACHE
+  JAX_CACHE = tempfile.mkdtemp(prefix="mutate-jax-cache-")
   workspaces, made = queue.Queue(), []
   try:
     for _ in range(max(1, args.jobs)):  # one snapshot of the tree, copied for each job
-      ws = Workspace(files, made[0].dir if made else ROOT)
+      ws = Workspace(files, made[0].dir if made else ROOT, fork=not args.no_fork)
       made.append(ws)
       WORKSPACES.append(ws)
       workspaces.put(ws)
@@ -845,6 +974,7 @@ def main(argv=None):
   finally:
     for ws in made:
       ws.remove()
+    shutil.rmtree(JAX_CACHE, ignore_errors=True)
   print(f"wrote {write_report(args)}")
   return 0
 

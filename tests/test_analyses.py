@@ -20,9 +20,23 @@ def tiny_run(tmp_path_factory):
 def test_traces_figure(tiny_run, tmp_path):
   numbers = analyze.traces([tiny_run], str(tmp_path / "fig1"))
   rows = analyze.read_rows(tiny_run)
-  name = tiny_run.rstrip("/").split("/")[-1]
-  assert numbers[f"{name}/audio"] == [r["trace_audio"] for r in rows]
+  assert numbers["joint seed 0/audio"]["trace"] == [r["trace_audio"] for r in rows]
+  assert numbers["joint seed 0/audio"]["window"] == [r["window"] > 0.5 for r in rows]
   assert (tmp_path / "fig1.png").stat().st_size > 1000
+
+
+def test_window_statistics(tmp_path):
+  workdir = tmp_path / "inforeg"
+  assert run.main([*TINY, "--epochs=4", "--window=whole", "--inforeg.warmup_epochs=1",
+                   f"--workdir={workdir}"]) == 0
+  numbers = analyze.windows([str(workdir)], str(tmp_path / "windows"))
+  rows = analyze.read_rows(str(workdir))
+  stats = numbers["runs"]["inforeg seed 0"]
+  for m in ("audio", "visual"):
+    assert stats[m]["epochs_regulated"] == sum(r[f"alpha_{m}"] > 0 for r in rows)
+    assert stats[m]["epochs_open"] == sum(r[f"window_{m}"] > 0.5 for r in rows)
+  assert rows[0]["alpha_audio"] + rows[0]["alpha_visual"] == 0  # the warm-up epoch
+  assert stats["audio"]["epochs_regulated"] + stats["visual"]["epochs_regulated"] >= 3
 
 
 def test_gradient_cosine_figure(tiny_run, tmp_path):

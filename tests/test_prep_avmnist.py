@@ -91,11 +91,11 @@ def test_prepares_every_image_reports_skips_is_idempotent_and_trains(tmp_path):
   # the format: a version folder, every file listed with its size, shape, dtype and checksum
   assert m["format"] == records.FORMAT and (out / m["version"]).is_dir()
   entry = m["files"]["train/audio.npy"]
-  assert entry["shape"] == [160, 129, 63] and entry["dtype"] == "<f4"
+  assert entry["shape"] == [160, 32, 32] and entry["dtype"] == "<f4"  # the default 32x32
   assert entry["bytes"] == (out / m["version"] / "train" / "audio.npy").stat().st_size
   assert entry["sha256"] == records.sha256_file(str(out / m["version"] / "train" / "audio.npy"))
   assert m["command"].startswith("python -m data_prep.avmnist --fsdd_dir=")
-  assert m["options"]["audio_bins"] == 129 and m["options"]["seed"] == 0
+  assert m["options"]["audio_bins"] == 32 and m["options"]["seed"] == 0
   assert arrays(out, "val")["visual"].shape == (20, 1, 28, 28, 1)
   # images are disjoint between splits (each fixture image is distinct)
   seen = [set(map(bytes, arrays(out, s)["visual"].reshape(-1, 784))) for s in
@@ -246,7 +246,7 @@ def test_help_names_the_module_and_every_flag():
   for flag in ("--fsdd_dir", "--mnist_dir", "--tfds_data_dir", "--out_dir", "--seed",
                "--image_energy_removed", "--audio_snr_db", "--audio_bins", "--audio_frames"):
     assert flag in proc.stdout
-  assert "(default: 129)" in proc.stdout and "area-averaged" in proc.stdout
+  assert "(default: 32)" in proc.stdout and "area-averaged" in proc.stdout
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fsdd")), reason="no ../shared/data")
@@ -262,4 +262,4 @@ def test_real_fsdd_and_mnist(tmp_path):
   assert m["skipped"] == {}
   assert m["sources"]["mnist_images_md5"] == "2646ac647ad5339dbf082846283269ea"
   data = records.load_prepared("avmnist", str(out))
-  assert data.train["audio"].shape == (8000, 129, 63)
+  assert data.train["audio"].shape == (8000, 32, 32)

@@ -35,8 +35,11 @@ SCALES = np.array([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.5, 1.0, 1.0], [1.6, 1.3,
                    [1.0, 1.6, 1.0], [0.8, 1.7, 1.0], [0.8, 1.7, 1.0]])
 
 
-def reference_paper(params, grads_seq, losses_seq, beta, k, warmup):
-  """Algorithm 1 in plain NumPy, written from METHOD.md without the library's helpers."""
+def reference_paper(params, grads_seq, losses_seq, beta, k, warmup, window="prime",
+                    flags=None):
+  """Algorithm 1 in plain NumPy, written from METHOD.md without the library's helpers.
+  ``window``: regulate inside the prime learning window, outside it or always (Table 4);
+  ``flags``, if a list: gets each step's [in window and warm] per modality."""
   out, history, anchor, sums = [], [], None, np.zeros(3)
   for step, (grads, losses) in enumerate(zip(grads_seq, losses_seq)):
     epoch = step // SPE
@@ -52,8 +55,13 @@ def reference_paper(params, grads_seq, losses_seq, beta, k, warmup):
       delta = np.mean(worse) if worse else 0.0
       t1 = history[-1][i] if len(history) >= 1 else 0.0
       t2 = history[-2][i] if len(history) >= 2 else 0.0
-      window = t1 > 0 and t2 > 0 and (t1 - t2) / t1 > k
-      if epoch >= warmup and window and delta > 0:
+      in_window = t1 > 0 and t2 > 0 and (t1 - t2) / t1 > k
+      if flags is not None:
+        if i == 0:
+          flags.append([])
+        flags[-1].append(in_window and epoch >= warmup)
+      gate = {"prime": in_window, "other": not in_window, "whole": True}[window]
+      if epoch >= warmup and gate and delta > 0:
         alpha = math.exp(beta * math.tanh(delta))
         for name in new[m]:
           new[m][name] = new[m][name] + alpha * (params[m][name] - anchor[m][name])
@@ -271,3 +279,259 @@ def test_bad_labels_and_missing_losses():
   tx = inforeg_transform(labels, steps_per_epoch=2)
   with pytest.raises(ValueError, match="unimodal_losses"):
     tx.update(params, tx.init(params), params)
+
+
+# ---- Table 4's windows, the warm-up, the defaults --------------------------------------------
+
+
+@pytest.mark.parametrize("window", ["prime", "other", "whole"])
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_windows_and_warmup_match_the_reference(window, warmup):
+  """Regulated inside the window (InfoReg), outside it (``other``) or always, after a warm-up
+  of 0 or 3 epochs; the in-window flag is False during the warm-up, whatever the traces."""
+  params, grads_seq, losses_seq = sequence()
+  tx = inforeg_transform(LABELS, steps_per_epoch=SPE, beta=0.9, threshold=0.04,
+                         warmup_epochs=warmup, modalities=MODS, window=window)
+  outs, states = run_transform(tx, params, grads_seq, losses_seq)
+  flags = []
+  ref, _ = reference_paper(params, grads_seq, losses_seq, 0.9, 0.04, warmup, window, flags)
+  for got, want in zip(outs, ref):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+  got_flags = np.stack([np.asarray(s.in_window) for s in states])
+  np.testing.assert_array_equal(got_flags, np.array(flags))
+  alphas = np.stack([np.asarray(s.alpha) for s in states])
+  assert (alphas[:warmup * SPE] == 0).all()
+  assert (alphas[warmup * SPE:] > 1).any()
+  if warmup == 3:  # a window is open at epoch 2 (text's): warm-up >= 3 must hide it
+    h = np.asarray(states[2 * SPE].window.trace_history)
+    assert ((h[-1] - h[-2]) / h[-1] > 0.04).any()
+    assert not got_flags[:3 * SPE].any()
+
+
+def designed(traces, spe=1):
+  """Params and gradients whose per-epoch Tr(F) (paper: sum of g^2 over the modality's
+  leaves, one step an epoch, so the anchor is always the params and w - anchor = 0) is
+  ``traces[e] = (audio, visual)``."""
+  params = {"audio": {"k": jnp.zeros((2, 2)), "b": jnp.zeros((2,))},
+            "visual": {"k": jnp.zeros((2, 2))}, "head": {"k": jnp.zeros((2,))}}
+  labels = {"audio": {"k": "audio", "b": "audio"}, "visual": {"k": "visual"},
+            "head": {"k": None}}
+  grads = []
+  for ta, tv in traces:
+    for _ in range(spe):
+      # audio: the kernel carries the whole trace; the bias adds 0.5 (paper counts it)
+      grads.append({"audio": {"k": jnp.full((2, 2), np.sqrt((ta - 0.5) / 4), jnp.float32),
+                              "b": jnp.full((2,), 0.5, jnp.float32)},
+                    "visual": {"k": jnp.full((2, 2), np.sqrt(tv / 4), jnp.float32)},
+                    "head": {"k": jnp.ones((2,))}})
+  return params, labels, grads
+
+
+def run_designed(tx, params, grads, **extras):
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p, e: tx.update(g, s, p, **e))
+  states = []
+  for g in grads:
+    _, state = update(g, state, params, extras)
+    states.append(state)
+  return states
+
+
+def test_paper_defaults_k_004_and_two_warmup_epochs():
+  # audio's trace rises by 0.042 of Tr^{t-1} into epoch 1 (> K = 0.04, < 0.044); visual's
+  # by 0.038; epoch 2 is the first after the two warm-up epochs.
+  t0, t1 = 2.0, 2.0 / (1 - 0.042)
+  params, labels, grads = designed([(t0, 2.0), (t1, 2.0 / (1 - 0.038)), (t1, 2.0), (t1, 2.0)])
+  losses = {"audio": jnp.float32(0.2), "visual": jnp.float32(1.0)}
+  tx = inforeg_transform(labels, steps_per_epoch=1)
+  states = run_designed(tx, params, grads, unimodal_losses=losses)
+  flags = [np.asarray(s.in_window).tolist() for s in states]
+  assert flags == [[False, False], [False, False], [True, False], [False, False]]
+  alphas = [np.asarray(s.alpha).tolist() for s in states]
+  assert alphas[2][0] == pytest.approx(math.exp(0.9 * math.tanh(0.8)), rel=1e-6)
+  assert alphas[2][1] == 0 and alphas[3] == [0, 0]
+  np.testing.assert_allclose(states[-1].window.trace_history[-2:, 0], [t1, t1], rtol=1e-5)
+  # three warm-up epochs: epoch 2 is still warm-up
+  states = run_designed(inforeg_transform(labels, steps_per_epoch=1, warmup_epochs=3), params,
+                        grads, unimodal_losses=losses)
+  assert not np.any([np.asarray(s.in_window) for s in states])
+  # K = 0.045 closes it
+  states = run_designed(inforeg_transform(labels, steps_per_epoch=1, threshold=0.045), params,
+                        grads, unimodal_losses=losses)
+  assert not np.any([np.asarray(s.in_window) for s in states])
+
+
+def test_paper_grad_sq_given_replaces_the_computed_one():
+  params, labels, grads = designed([(1.0, 1.0)] * 3)
+  losses = {"audio": jnp.float32(0.2), "visual": jnp.float32(1.0)}
+  tx = inforeg_transform(labels, steps_per_epoch=1)
+  states = run_designed(tx, params, grads, unimodal_losses=losses,
+                        grad_sq=jnp.array([3.0, 5.0]))
+  np.testing.assert_allclose(states[-1].window.trace_history[-1], [3.0, 5.0])
+  states = run_designed(tx, params, grads, unimodal_losses=losses)
+  np.testing.assert_allclose(states[-1].window.trace_history[-1], [1.0, 1.0], rtol=1e-6)
+
+
+def test_official_defaults_k_005_beyond_epoch_0_and_no_warmup():
+  # released criterion on audio: k = 1 at epoch 0 and 1; at epoch 2, k = t1 / (t0 + t1)
+  # = 0.052 (> 0.05, < 0.055); at epoch 3, k = 0.045 / ... < 0.05. Visual's traces rise
+  # steeply and never matter.
+  t0, t1 = 1.0, 0.052 / 0.948
+  t2 = 0.045 * (t0 + t1) / (1 - 0.045)
+  params, labels, grads = designed([(t0 + 0.5, 0.1), (t1 + 0.5, 1.0), (t2 + 0.5, 9.0),
+                                    (1.5, 90.0)])
+  scores = {"audio": jnp.float32(5.0), "visual": jnp.float32(3.0)}
+  tx = inforeg_transform(labels, steps_per_epoch=1, variant="official")
+  states = run_designed(tx, params, grads, unimodal_scores=scores)
+  # the official trace: the kernel's mean g^2 only (rank >= 2; the bias is left out)
+  hist = np.asarray(states[-1].window.trace_history)
+  np.testing.assert_allclose(hist[-3:, 0], [t0 / 4, t1 / 4, t2 / 4], rtol=1e-5)
+  flags = [np.asarray(s.in_window).tolist() for s in states]
+  assert flags == [[True, True], [True, True], [True, True], [False, False]]
+  alphas = np.stack([np.asarray(s.alpha) for s in states])
+  np.testing.assert_allclose(alphas[:3, 0], 0.95 * math.exp(math.tanh(2.0)), rtol=1e-6)
+  assert (alphas[:, 1] == 0).all() and alphas[3, 0] == 0
+  # the other modality leads: its scale is 0.10
+  states = run_designed(tx, params, grads[:1], unimodal_scores={"audio": jnp.float32(1.0),
+                                                                "visual": jnp.float32(1.5)})
+  np.testing.assert_allclose(states[0].alpha, [0.0, 0.10 * math.exp(math.tanh(0.5))],
+                             rtol=1e-6)
+  # equal scores: nobody leads, nothing is regulated
+  states = run_designed(tx, params, grads[:2], unimodal_scores={"audio": jnp.float32(2.0),
+                                                                "visual": jnp.float32(2.0)})
+  assert not np.any([np.asarray(s.alpha) for s in states])
+
+
+def test_official_variant_counts_only_weight_tensors():
+  """The released trace counts the rank >= 2 tensors, here with a bias in audio too."""
+  rng = np.random.default_rng(5)
+  params = {"audio": {"k": rng.normal(size=(3, 2)).astype(np.float32),
+                      "b": rng.normal(size=(2,)).astype(np.float32)},
+            "visual": {"k": rng.normal(size=(2, 2)).astype(np.float32),
+                       "b": rng.normal(size=(2,)).astype(np.float32)},
+            "head": {"k": rng.normal(size=(2, 2)).astype(np.float32)}}
+  labels = {"audio": {"k": "audio", "b": "audio"}, "visual": {"k": "visual", "b": "visual"},
+            "head": {"k": None}}
+  grads_seq, scores_seq = [], []
+  for step in range(SPE * 12):
+    scale = 3.0 if step // SPE == 4 else 1.0  # a jump in audio's trace reopens the window
+    g = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    g["audio"]["b"] = g["audio"]["b"] * 30.0  # a huge bias gradient must not count
+    g["audio"]["k"] = g["audio"]["k"] * scale
+    grads_seq.append(g)
+    scores_seq.append(rng.choice([0.5, 1.0, 2.0], size=2).astype(np.float32))
+  tx = inforeg_transform(labels, steps_per_epoch=SPE, variant="official")
+  update = jax.jit(lambda g, s, p, sc: tx.update(g, s, p, unimodal_scores=sc))
+  state, p = tx.init(params), params
+  on = []
+  for g, sc, want in zip(grads_seq, scores_seq, reference_official(params, grads_seq,
+                                                                   scores_seq)):
+    u, state = update(g, state, p, {"audio": sc[0], "visual": sc[1]})
+    chex.assert_trees_all_close(u, want, rtol=1e-5, atol=1e-6)
+    on.append(bool(state.in_window[0]))
+    p = jax.tree.map(lambda a, b: a - 0.1 * b, p, u)
+  assert on[0] and not all(on) and any(on[5 * SPE:])
+
+
+def test_bounded_and_trend_criteria_pass_through():
+  # traces rising every epoch: Eq. 11 never closes; bounded closes after max_window_epochs
+  traces = [(1.0 + e, 1.0) for e in range(9)]
+  params, labels, grads = designed(traces)
+  losses = {"audio": jnp.float32(0.2), "visual": jnp.float32(1.0)}
+
+  def flags(**kw):
+    tx = inforeg_transform(labels, steps_per_epoch=1, warmup_epochs=0, **kw)
+    return [bool(s.in_window[0]) for s in run_designed(tx, params, grads,
+                                                         unimodal_losses=losses)]
+
+  eq11 = flags()
+  assert eq11 == [False, False] + [True] * 7
+  assert flags(criterion="bounded") == flags(criterion="bounded", max_window_epochs=3)
+  assert flags(criterion="bounded", max_window_epochs=3) == [False, False] + [True] * 3 + [
+      False] * 4
+  assert flags(criterion="bounded", max_window_epochs=4) == [False, False] + [True] * 4 + [
+      False] * 3
+  trend = flags(criterion="trend")
+  assert trend == [False] * 6 + [True] * 3
+
+
+def test_performance_gap():
+  from inforeg_jax.regulation import performance_gap
+  np.testing.assert_allclose(performance_gap(jnp.array([0.2, 0.9, 1.5])), [1.0, 0.6, 0.0],
+                             rtol=1e-6)
+  # ties are not a gap; the mean is over the worse modalities only
+  np.testing.assert_allclose(performance_gap(jnp.array([1.0, 1.0, 3.0, 0.5])),
+                             [2.0, 2.0, 0.0, (0.5 + 0.5 + 2.5) / 3], rtol=1e-6)
+  np.testing.assert_allclose(performance_gap(jnp.array([1.0, 1.0])), [0.0, 0.0])
+
+
+def test_released_trace_term():
+  from inforeg_jax.regulation import released_trace_term
+  g = {"a": jnp.full((2, 2), 2.0), "b": jnp.full((3,), 5.0), "c": jnp.full((1, 2, 2), 3.0),
+       "d": jnp.full((2, 2), 7.0), "e": jnp.full((2, 2), 11.0)}
+  flat = ["audio", "audio", "audio", "visual", None]
+  out = released_trace_term(g, flat, ("audio", "visual"))
+  np.testing.assert_allclose(out, [4.0 + 9.0, 49.0])
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(released_trace_term({"b": jnp.ones(3)}, ["audio"], ("audio",)),
+                             [0.0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps_per_epoch=2, criterion="nope"), "criterion"),
+    (dict(steps_per_epoch=2, warmup_epochs=-1), "warmup_epochs"),
+    (dict(steps_per_epoch=2, max_window_epochs=0), "max_window_epochs"),
+])
+def test_more_bad_hyperparameters(kwargs, message):
+  _, labels, _ = small()
+  with pytest.raises(ValueError, match=message):
+    inforeg_transform(labels, **kwargs)
+
+
+def test_smallest_valid_hyperparameters():
+  params, labels, losses = small()
+  tx = inforeg_transform(labels, steps_per_epoch=1, beta=0.0, warmup_epochs=0,
+                         max_window_epochs=1, criterion="bounded", window="whole")
+  _, state = tx.update(params, tx.init(params), params, unimodal_losses=losses)
+  np.testing.assert_allclose(state.alpha, [1.0, 0.0])  # exp(0 * tanh(.)) for the leader
+  # arrays (inject_hyperparams) are not checked
+  inforeg_transform(labels, steps_per_epoch=jnp.asarray(0), beta=jnp.asarray(-1.0),
+                    warmup_epochs=jnp.asarray(-1), max_window_epochs=jnp.asarray(0))
+
+
+def test_setup_errors():
+  params, labels, losses = small()
+  with pytest.raises(ValueError, match="missing"):
+    inforeg_transform(labels, steps_per_epoch=2, modalities=("audio", "text")).init(params)
+  with pytest.raises(ValueError, match="official"):
+    inforeg_transform(labels, steps_per_epoch=2, variant="official",
+                      modalities=("audio", "visual", "text")).init(params)
+  three = {"audio": {"w": "audio"}, "visual": {"w": "visual"}, "head": {"w": "text"}}
+  with pytest.raises(ValueError, match="official"):
+    inforeg_transform(three, steps_per_epoch=2, variant="official").init(params)
+  tx = inforeg_transform(three, steps_per_epoch=2)
+  assert tx.init(params).alpha.shape == (3,)
+  tx = inforeg_transform(labels, steps_per_epoch=2, modalities=("visual", "audio"))
+  state = tx.init(params)
+  _, state = tx.update(params, state, params, unimodal_losses=losses)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(params, state)
+  with pytest.raises(ValueError, match="unimodal_losses"):
+    tx.update(params, state, params, unimodal_losses={"audio": 1.0})
+  official = inforeg_transform(labels, steps_per_epoch=2, variant="official")
+  with pytest.raises(ValueError, match="unimodal_scores"):
+    official.update(params, official.init(params), params, unimodal_losses=losses)
+
+
+def test_state_order_follows_modalities():
+  params, labels, losses = small()  # audio's loss 0.3 < visual's 1.2: audio leads
+  tx = inforeg_transform(labels, steps_per_epoch=1, warmup_epochs=0, window="whole",
+                         modalities=("visual", "audio"))
+  updates, state = tx.update(params, tx.init(params), params, unimodal_losses=losses)
+  np.testing.assert_allclose(state.alpha, [0.0, math.exp(0.9 * math.tanh(0.9))], rtol=1e-6)
+  diag = inforeg_diagnostics(state, ("visual", "audio"))
+  assert set(diag) == {"alpha_visual", "alpha_audio", "window_visual", "window_audio",
+                       "trace_history_visual", "trace_history_audio"}
+  assert float(diag["alpha_audio"]) > 1 and float(diag["window_audio"]) == 0.0
+  assert diag["window_audio"].dtype == jnp.float32
+  assert find_inforeg_state([optax.sgd(1.0).init(params), state]) is state

@@ -1,76 +1,354 @@
+"""The jitted step (inforeg_jax/train.py) on a tiny two-modality MLP (a Dense, BatchNorm and
+dropout per encoder): the state, the forward passes, the window gate and the context the
+method sees, the gradients the method returns and the Tr(F) it asks for, what the optimizer
+receives, the non-finite guard, the metrics, prediction and evaluation. A recording method and
+a recording transformation make each hook's inputs visible. Seconds in all."""
+
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inforeg_jax import config, models
+from inforeg_jax import config, models, window
 from inforeg_jax.labels import modality_labels, resolve_labels
 from inforeg_jax.methods import get
-from inforeg_jax.methods.base import Setup
-from inforeg_jax.train import create_state, make_eval_step, make_train_step
-from inforeg_jax.window import track_window
+from inforeg_jax.methods.base import Method, Setup, true_class_prob_sum
+from inforeg_jax.train import (TrainState, accuracy, create_state, make_eval_step, make_forward,
+                               make_predict, make_train_step)
 
 MODS = ("audio", "visual")
+B, C = 6, 4
 
 
-def setup(method="inforeg"):
-  trunk = functools.partial(models.SmallCNN, widths=(4, 8))
-  net = models.MultimodalNet(
-      {"audio": functools.partial(models.SpectrogramEncoder, trunk=trunk),
-       "visual": functools.partial(models.FramesEncoder, trunk=trunk)}, num_classes=3)
-  rng = np.random.default_rng(0)
-  batch = {"inputs": {"audio": jnp.asarray(rng.normal(size=(8, 12, 10)), jnp.float32),
-                      "visual": jnp.asarray(rng.normal(size=(8, 2, 12, 12, 3)), jnp.float32)},
-           "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
+class TinyEncoder(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(3)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    return nn.Dropout(0.5, deterministic=not train)(x)
+
+
+def tiny_net():
+  return models.MultimodalNet({m: TinyEncoder for m in MODS}, num_classes=C)
+
+
+def tiny_batch(seed=0, nan=False):
+  rng = np.random.default_rng(seed)
+  audio = rng.normal(size=(B, 3)).astype(np.float32)
+  if nan:
+    audio[0, 0] = np.nan
+  return {"inputs": {"audio": jnp.asarray(audio),
+                     "visual": jnp.asarray(rng.normal(size=(B, 3)), jnp.float32)},
+          "label": jnp.asarray([0, 1, 2, 3, 1, 2], jnp.int32)}
+
+
+def capture():
+  """Records the extra arguments the step passes to the optimizer."""
+
+  def init_fn(params):
+    del params
+    f32 = functools.partial(jnp.full, [2], -1.0, jnp.float32)
+    return {"uni": f32(), "scores": f32(),
+            "grad_sq": f32(), "modulate": jnp.asarray(False)}
+
+  def update_fn(updates, state, params=None, *, unimodal_losses, unimodal_scores, grad_sq,
+                modulate, **extra):
+    del state, params, extra
+    return updates, {"uni": jnp.stack([unimodal_losses[m] for m in MODS]),
+                     "scores": jnp.stack([unimodal_scores[m] for m in MODS]),
+                     "grad_sq": grad_sq, "modulate": jnp.asarray(modulate)}
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class Recording(Method):
+  """Joint training* (fused + unimodal CEs, Tr(F) from the fused loss) that records what
+  its hooks receive."""
+
+  unimodal_weight = 1.0
+  trace_from_fused = True
+
+  def transforms(self, labels):
+    return super().transforms(labels) + [capture()]
+
+  def init_state(self, params, outputs):
+    return {"n": jnp.zeros([], jnp.int32), "logits0": outputs["logits"][0],
+            "params_leaves": jnp.asarray(len(jax.tree.leaves(params)), jnp.int32)}
+
+  def objective(self, fwd, params, method_state, batch, ctx):
+    terms, aux = super().objective(fwd, params, method_state, batch, ctx)
+    aux["metrics"] = {"ctx_step": ctx.step.astype(jnp.float32),
+                      "ctx_epoch": ctx.epoch.astype(jnp.float32),
+                      "ctx_active": ctx.active.astype(jnp.float32),
+                      "seen_n": method_state["n"].astype(jnp.float32)}
+    return terms, aux
+
+  def after_step(self, method_state, aux, grads, ctx):
+    return {**method_state, "n": method_state["n"] + 1 + 0 * ctx.step,
+            "logits0": aux["out"]["logits"][0]}
+
+  def step_metrics(self, opt_state, method_state):
+    return {"opt_count": window.find_window(opt_state).count.astype(jnp.float32),
+            "state_n": method_state["n"].astype(jnp.float32)}
+
+
+def build(method_cls=Recording, window_mode="whole", threshold=0.04, spe=2, lr=0.1,
+          preprocess=None, cfg=None):
+  net = tiny_net()
+  batch = tiny_batch()
   params = net.init(jax.random.key(0), batch["inputs"])["params"]
   labels = modality_labels(params, MODS)
-  cfg = config.make_config(method=method, window="whole", **{"inforeg.warmup_epochs": 0})
-  m = get(method)(cfg, Setup(MODS, 3, steps_per_epoch=2, window="whole", threshold=0.04))
-  tx = optax.chain(*m.transforms(labels), optax.sgd(0.01, momentum=0.9))
+  cfg = cfg or config.make_config(method="joint")
+  m = method_cls(cfg, Setup(MODS, C, steps_per_epoch=spe, window=window_mode,
+                            threshold=threshold))
+  tx = optax.chain(*m.transforms(labels), optax.sgd(lr))
   state = create_state(net, tx, m, batch["inputs"], jax.random.key(0))
-  step = jax.jit(make_train_step(net, tx, m, resolve_labels(labels, params)))
-  return net, tx, state, step, batch, labels
+  step = jax.jit(make_train_step(net, tx, m, resolve_labels(labels, params), preprocess))
+  return net, tx, m, state, step, batch, labels
 
 
-def test_metrics_and_gradient_squared_norms():
-  net, tx, state, step, batch, labels = setup()
-  new_state, metrics = step(state, batch, jax.random.key(1))
-  for k in ("loss", "acc", "loss_audio", "acc_visual", "grad_sq_audio", "grad_sq_visual",
-            "alpha_audio", "window_visual"):
-    assert np.ndim(metrics[k]) == 0, k
-
-  # grad_sq_m is the squared norm of the fused loss' gradient on encoder m (Eq. 7).
-  def loss(p):
-    out, _ = net.apply({"params": p, "batch_stats": state.batch_stats}, batch["inputs"],
-                       train=True, mutable=["batch_stats"])
-    return optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["label"]).mean()
-  grads = jax.grad(loss)(state.params)
-  want = optax.tree.norm(grads["audio"], squared=True)
-  np.testing.assert_allclose(metrics["grad_sq_audio"], want, rtol=1e-4)
-  assert int(new_state.step) == 1
-  assert not np.allclose(new_state.params["audio"]["SmallCNN_0"]["conv0"]["kernel"],
-                         state.params["audio"]["SmallCNN_0"]["conv0"]["kernel"])
+# ---- pieces -------------------------------------------------------------------------------------
 
 
-def test_no_recompilation_and_regulation_in_the_step():
-  _, _, state, step, batch, _ = setup()
+def test_accuracy():
+  logits = jnp.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0]])
+  assert float(accuracy(logits, jnp.array([1, 0, 1, 0]))) == 0.75
+  assert float(accuracy(logits[:3], jnp.array([1, 0, 2]))) == 1.0
+
+
+def test_create_state():
+  net, tx, m, state, _, batch, _ = build()
+  variables = net.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                       batch["inputs"], train=False)
+  assert state.step.dtype == jnp.int32 and int(state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, variables["batch_stats"])
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(state.params))
+  # the method's state is built from the params and the evaluation-mode outputs
+  want = net.apply(variables, batch["inputs"], train=False)["logits"][0]
+  np.testing.assert_allclose(state.method_state["logits0"], want, rtol=1e-6)
+  assert int(state.method_state["params_leaves"]) == len(jax.tree.leaves(state.params))
+
+
+def test_make_forward_train_and_eval():
+  net, _, _, state, _, batch, _ = build()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  fwd = make_forward(net, state.batch_stats, jax.random.key(3))
+  out, stats = fwd(state.params, batch["inputs"])
+  want, new = net.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.key(3)})
+  np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, stats, new["batch_stats"])
+  assert not np.allclose(stats["audio"]["BatchNorm_0"]["mean"],
+                         state.batch_stats["audio"]["BatchNorm_0"]["mean"])
+  out, stats = fwd(state.params, batch["inputs"], train=False)
+  np.testing.assert_allclose(out["logits"],
+                             net.apply(variables, batch["inputs"], train=False)["logits"],
+                             rtol=1e-6)
+  assert stats is state.batch_stats
+  other = jax.tree.map(lambda x: x + 1.0, state.batch_stats)
+  out, stats = fwd(state.params, batch["inputs"], train=False, batch_stats=other)
+  assert stats is other
+  np.testing.assert_allclose(
+      out["logits"], net.apply({"params": state.params, "batch_stats": other},
+                               batch["inputs"], train=False)["logits"], rtol=1e-6)
+
+
+# ---- the step -----------------------------------------------------------------------------------
+
+
+def test_step_gradient_trace_optimizer_inputs_and_metrics():
+  net, tx, m, state, step, batch, labels = build(lr=0.1)
+  rng = jax.random.key(1)
+  new, metrics = step(state, batch, rng)
+  # the dropout key of step k is fold_in(rng, k) split in two: the second
+  _, dropout = jax.random.split(jax.random.fold_in(rng, 0))
+  fwd = make_forward(net, state.batch_stats, dropout)
+
+  def terms_of(p):
+    out, _ = fwd(p, batch["inputs"])
+    fused, uni = m.losses(out, batch["label"])
+    return jnp.stack([fused, uni["audio"] + uni["visual"]]), (out, uni)
+
+  terms, (out, uni) = terms_of(state.params)
+  grads = jax.grad(lambda p: jnp.sum(terms_of(p)[0]))(state.params)
+  fused_grads = jax.grad(lambda p: terms_of(p)[0][0])(state.params)
+  # SGD on the sum of the terms
+  jax.tree.map(lambda a, b, g: np.testing.assert_allclose(a, b - 0.1 * g, rtol=1e-5, atol=1e-6),
+               new.params, state.params, grads)
+  # Tr(F)'s batch term from the fused loss' gradient only (trace_from_fused)
+  for m_ in MODS:
+    want = optax.tree.norm(fused_grads[m_], squared=True)
+    np.testing.assert_allclose(metrics[f"grad_sq_{m_}"], want, rtol=1e-4)
+    assert not np.allclose(want, optax.tree.norm(grads[m_], squared=True))
+  cap = new.opt_state[1]
+  np.testing.assert_allclose(cap["grad_sq"], [metrics["grad_sq_audio"], metrics["grad_sq_visual"]])
+  np.testing.assert_allclose(cap["uni"], [uni["audio"], uni["visual"]], rtol=1e-6)
+  np.testing.assert_allclose(
+      cap["scores"], [true_class_prob_sum(out["unimodal_logits"][k], batch["label"])
+                      for k in MODS], rtol=1e-5)
+  assert bool(cap["modulate"])  # window="whole"
+  # the metrics
+  np.testing.assert_allclose(metrics["loss"], jnp.sum(terms), rtol=1e-6)
+  np.testing.assert_allclose(metrics["fused_loss"], terms[0], rtol=1e-6)
+  np.testing.assert_allclose(metrics["acc"], accuracy(out["logits"], batch["label"]))
+  for k in MODS:
+    np.testing.assert_allclose(metrics[f"loss_{k}"], uni[k], rtol=1e-6)
+    np.testing.assert_allclose(metrics[f"acc_{k}"],
+                               accuracy(out["unimodal_logits"][k], batch["label"]))
+  assert float(metrics["finite"]) == 1.0 and float(metrics["window"]) == 0.0
+  # the method's hooks: its state advanced, its step metrics see the new states
+  assert int(new.method_state["n"]) == 1 and float(metrics["seen_n"]) == 0
+  np.testing.assert_allclose(new.method_state["logits0"], out["logits"][0], rtol=1e-6)
+  assert float(metrics["state_n"]) == 1 and float(metrics["opt_count"]) == 1
+  # batch statistics from the training pass
+  _, stats = fwd(state.params, batch["inputs"])
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats, stats)
+  assert int(new.step) == 1
+  # the next step uses another dropout key
+  new2, metrics2 = step(new, batch, rng)
+  assert float(metrics2["ctx_step"]) == 1 and int(new2.step) == 2
+  assert step._cache_size() == 1
+
+
+def test_step_preprocess_in_training_mode():
+  calls = []
+
+  def preprocess(batch, rng, train):
+    calls.append(train)
+    noise = jax.random.uniform(rng, batch["inputs"]["audio"].shape)
+    return {**batch, "inputs": {**batch["inputs"],
+                                "audio": batch["inputs"]["audio"] * (2.0 if train else 0.0)
+                                + noise}}
+
+  net, _, m, state, step, batch, _ = build(preprocess=preprocess)
+  rng = jax.random.key(1)
+  _, metrics = step(state, batch, rng)
+  assert calls == [True]
+  aug, dropout = jax.random.split(jax.random.fold_in(rng, 0))
+  pre = preprocess(batch, aug, True)
+  out, _ = make_forward(net, state.batch_stats, dropout)(state.params, pre["inputs"])
+  np.testing.assert_allclose(metrics["fused_loss"], m.losses(out, batch["label"])[0], rtol=1e-6)
+
+
+def window_state(state, opened):
+  """The state with a TraceWindow whose last closed epoch rose by 50% (or fell)."""
+  w = window.find_window(state.opt_state)
+  h = np.asarray(w.trace_history).copy()
+  h[-2], h[-1] = 1.0, (2.0 if opened else 0.5)
+  w = w._replace(trace_history=jnp.asarray(h), count=jnp.asarray(5, jnp.int32))  # mid-epoch
+  return state.replace(opt_state=(w,) + tuple(state.opt_state[1:]),
+                       step=jnp.asarray(5, jnp.int32))
+
+
+def test_step_window_gate_and_context():
+  for mode, opened, active in [("prime", True, 1.0), ("prime", False, 0.0),
+                               ("other", True, 0.0), ("other", False, 1.0),
+                               ("whole", True, 1.0), ("whole", False, 1.0)]:
+    _, _, _, state, step, batch, _ = build(window_mode=mode, spe=2)
+    new, metrics = step(window_state(state, opened), batch, jax.random.key(0))
+    assert float(metrics["ctx_active"]) == active, (mode, opened)
+    assert bool(new.opt_state[1]["modulate"]) == bool(active)
+    assert float(metrics["window"]) == float(opened)
+    assert float(metrics["ctx_step"]) == 5 and float(metrics["ctx_epoch"]) == 2
+  # K from the setup: a rise of 0.5 of Tr^{t-1} is not above K = 0.6
+  _, _, _, state, step, batch, _ = build(window_mode="prime", threshold=0.6)
+  _, metrics = step(window_state(state, True), batch, jax.random.key(0))
+  assert float(metrics["window"]) == 0.0 and float(metrics["ctx_active"]) == 0.0
+
+
+def test_step_non_finite_is_skipped():
+  _, _, _, state, step, batch, _ = build()
+  bad = tiny_batch(nan=True)
+  new, metrics = step(state, bad, jax.random.key(1))
+  assert float(metrics["finite"]) == 0.0 and not np.isfinite(float(metrics["loss"]))
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)  # no gradient
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
+  assert int(new.method_state["n"]) == 0  # the method's state as it was
+  cap = new.opt_state[1]
+  np.testing.assert_array_equal(cap["uni"], [0.0, 0.0])
+  np.testing.assert_array_equal(cap["scores"], [0.0, 0.0])
+  np.testing.assert_array_equal(cap["grad_sq"], [0.0, 0.0])
+  w = window.find_window(new.opt_state)
+  assert int(w.count) == 1 and not np.any(np.asarray(w.grad_sq_sum))  # the epoch keeps its length
+  assert int(new.step) == 1
+  # a finite step after it trains normally
+  newer, metrics = step(new, batch, jax.random.key(1))
+  assert float(metrics["finite"]) == 1.0 and int(newer.method_state["n"]) == 1
+
+
+def test_step_with_inforeg_regulates_inside_the_jit():
+  cfg = config.make_config(method="inforeg", window="whole", **{"inforeg.warmup_epochs": 0})
+  _, _, _, state, step, batch, _ = build(method_cls=get("inforeg"), cfg=cfg, spe=2)
   alphas = []
-  for i in range(6):
+  for i in range(4):
     state, metrics = step(state, batch, jax.random.key(i))
     alphas.append(float(metrics["alpha_audio"]) + float(metrics["alpha_visual"]))
+  assert max(alphas) > 1.0 and "window_audio" in metrics
   assert step._cache_size() == 1
-  assert max(alphas) > 1.0  # the leading modality was regulated inside the jitted step
 
 
-def test_eval_step_counts_only_unmasked():
-  net, _, state, _, batch, _ = setup("joint")
+# ---- prediction and evaluation -----------------------------------------------------------------
+
+
+def test_predict_with_and_without_augmentation():
+  calls = []
+
+  def preprocess(batch, rng, train):
+    calls.append(train)
+    noise = jax.random.uniform(rng, batch["inputs"]["audio"].shape)
+    return {**batch, "inputs": {**batch["inputs"],
+                                "audio": batch["inputs"]["audio"] + noise + (5.0 if train else 0)}}
+
+  net, _, _, state, _, batch, _ = build()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  predict = make_predict(net, preprocess)
+  out = predict(state, batch)
+  want = net.apply(variables, preprocess(batch, jax.random.key(0), False)["inputs"], train=False)
+  np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-6)
+  out = predict(state, batch, jax.random.key(4))
+  want = net.apply(variables, preprocess(batch, jax.random.key(4), True)["inputs"], train=False)
+  np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-6)
+  assert calls == [False, False, True, True]
+  plain = make_predict(net)(state, batch, jax.random.key(4))
+  np.testing.assert_allclose(plain["logits"],
+                             net.apply(variables, batch["inputs"], train=False)["logits"],
+                             rtol=1e-6)
+
+
+def test_eval_step_sums_over_the_mask():
+  net, _, _, state, _, batch, _ = build()
   eval_step = jax.jit(make_eval_step(net, MODS))
-  mask = jnp.asarray([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+  mask = jnp.asarray([1, 1, 0, 1, 1, 0], jnp.float32)
   out = eval_step(state, {**batch, "mask": mask})
-  assert float(out["count"]) == 5
   logits = net.apply({"params": state.params, "batch_stats": state.batch_stats},
-                     batch["inputs"])["logits"]
-  want = np.sum((np.argmax(logits, -1) == batch["label"])[:5])
-  assert float(out["acc"]) == want
+                     batch["inputs"])
+  y, keep = np.asarray(batch["label"]), np.asarray(mask, bool)
+
+  def ce(z):
+    z = np.asarray(z, np.float64)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -logp[np.arange(B), y]
+
+  assert float(out["count"]) == 4
+  np.testing.assert_array_equal(out["pred"], np.argmax(logits["logits"], -1))
+  np.testing.assert_allclose(out["acc"], np.sum((np.argmax(logits["logits"], -1) == y)[keep]))
+  np.testing.assert_allclose(out["loss"], ce(logits["logits"])[keep].sum(), rtol=1e-5)
+  for k in MODS:
+    z = logits["unimodal_logits"][k]
+    np.testing.assert_allclose(out[f"acc_{k}"], np.sum((np.argmax(z, -1) == y)[keep]))
+    np.testing.assert_allclose(out[f"loss_{k}"], ce(z)[keep].sum(), rtol=1e-5)
+  preprocess = lambda b, rng, train: {**b, "inputs": {**b["inputs"],
+                                                      "audio": b["inputs"]["audio"] * 0}}
+  zeroed = make_eval_step(net, MODS, preprocess)(state, {**batch, "mask": mask})
+  assert not np.allclose(zeroed["loss_audio"], out["loss_audio"])
+
+
+def test_train_state_is_a_pytree():
+  _, _, _, state, _, _, _ = build()
+  leaves = jax.tree.leaves(state)
+  assert isinstance(state, TrainState) and len(leaves) > 5

@@ -25,6 +25,7 @@ import optax
 
 from inforeg_jax.labels import modality_names, resolve_labels
 from inforeg_jax.methods.base import Method
+from inforeg_jax.window import find_one
 
 
 class OGMGEState(NamedTuple):
@@ -113,7 +114,6 @@ class OGMGE(Method):
         modalities=self.modalities)]
 
   def step_metrics(self, opt_state, method_state):
-    from inforeg_jax.window import find_state
-    s = find_state(opt_state, OGMGEState)
+    s = find_one(opt_state, OGMGEState)
     return {f"coef_{m}": s.coefficient[i] for i, m in enumerate(self.modalities)}
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean mutate
+.PHONY: run test install clean mutate results
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 mutate: $(STAMP)
 	$(PY) -m tests.mutate
+
+results: $(STAMP)  # Tables 2/3 on AV-MNIST (prepared from ../shared/data) and the synthetic data
+	$(PY) -m experiments.results --tables=methods --datasets=avmnist,synthetic --jobs=2
 
 clean:
 	rm -rf $(VENV) runs

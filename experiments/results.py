@@ -95,21 +95,31 @@ def slug(name: str) -> str:
   return name.replace(" ", "_").replace("=", "-")
 
 
-def run_one(flags: list[str], workdir: str, single_thread: bool) -> dict:
+def run_one(flags: list[str], seed: int, workdir: str, single_thread: bool) -> dict:
+  """One seed of a row: read back when finished, else run (resuming) and read back."""
   summary = os.path.join(workdir, "summary.json")
   if os.path.exists(summary):
-    with open(summary) as f:
-      return json.load(f)
+    return read_summary(summary, seed)
   env = dict(os.environ)
   if single_thread:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                         "intra_op_parallelism_threads=1").strip()
-  cmd = [sys.executable, "-m", "experiments.run", *flags, f"--workdir={workdir}", "--resume"]
+  cmd = [sys.executable, "-m", "experiments.run", *flags, f"--seed={seed}",
+         f"--workdir={workdir}", "--resume"]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   if proc.returncode != 0:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-  with open(summary) as f:
-    return json.load(f)
+  return read_summary(summary, seed)
+
+
+def read_summary(path: str, seed: int) -> dict:
+  """A run's summary.json, refused when it is another seed's run."""
+  with open(path) as f:
+    summary = json.load(f)
+  if summary["config"]["seed"] != seed:
+    raise RuntimeError(f"{path}: a run of seed {summary['config']['seed']}, expected seed {seed}"
+                       " (delete the folder to rerun it)")
+  return summary
 
 
 def stats(values) -> dict:
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
     futures = {}
     for (d, flags, seed), (_, name) in unique.items():
       workdir = os.path.join(args.out, d, slug(name), f"seed{seed}")
-      futures[pool.submit(run_one, list(flags), workdir, args.jobs > 1)] = (d, flags, seed)
+      futures[pool.submit(run_one, list(flags), seed, workdir, args.jobs > 1)] = (d, flags, seed)
     for f in concurrent.futures.as_completed(futures):
       results[futures[f]] = r = f.result()
       bar.update()

@@ -9,6 +9,9 @@ What it refuses or stops on, each with one `RunError` line: a used workdir witho
 --overwrite; a --resume whose config differs from the checkpointed one (beyond what is safe to
 change) or asks for fewer epochs than were run; a non-finite loss or Tr(F) (unless
 --skip_nonfinite); a workdir that the processes of a multi-host run do not share.
+
+``# pragma: no mutate`` marks the glue that only whole runs exercise (tests/test_trainer_runs.py,
+test_run, test_distributed): too slow to rerun per mutant; the rules it calls are mutated.
 """
 
 from __future__ import annotations
@@ -63,14 +66,14 @@ def window_threshold(cfg: Config) -> float:
   return OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
 
 
-def to_global(batch, sharding):
+def to_global(batch, sharding):  # pragma: no mutate
   """This process's slice of a global batch as global arrays laid out by ``sharding``."""
   if jax.process_count() == 1:  # the whole batch is here: a plain transfer, 10x cheaper
     return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def make_mesh():
+def make_mesh():  # pragma: no mutate
   """Data parallelism over every device of every process."""
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
@@ -88,7 +91,7 @@ class Program:
   predict: Callable  # (state, batch, rng=None) -> outputs, evaluation mode
 
 
-def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> Program:
+def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> Program:  # pragma: no mutate
   """The method, model and optimizer for ``cfg``, the state replicated over ``mesh``, the
   steps jitted with the batch sharded along its "data" axis."""
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -120,7 +123,7 @@ def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> 
 
 
 @dataclasses.dataclass
-class Loop:
+class Loop:  # pragma: no mutate
   """What the loop offers a method's hooks: training epochs, evaluation, forward passes."""
 
   cfg: Config
@@ -214,7 +217,7 @@ def prepare_workdir(cfg: Config) -> str:
   return workdir
 
 
-def check_shared_workdir(workdir: str) -> None:
+def check_shared_workdir(workdir: str) -> None:  # pragma: no mutate
   """Multi-host runs write one set of checkpoints: every process must see process 0's
   workdir. A token written by process 0 must be readable by all of them."""
   if jax.process_count() == 1:
@@ -329,7 +332,7 @@ def _summary(cfg: Config, history: list[dict], train_seconds: float, workdir: st
   }
 
 
-def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = None) -> dict:
+def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = None) -> dict:  # pragma: no mutate
   """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
   workdir = prepare_workdir(cfg)
   check_shared_workdir(workdir)

@@ -96,7 +96,7 @@ TESTS = {
     "inforeg_jax/methods/*.py": ["tests/test_{name}.py", "tests/test_golden_{name}.py",
                                  "tests/test_methods.py"],
     "inforeg_jax/train.py": ["tests/test_train_step.py"],
-    "inforeg_jax/trainer.py": ["tests/test_trainer.py"],
+    "inforeg_jax/trainer.py": ["tests/test_trainer.py", "tests/test_checkpoint.py"],
     "inforeg_jax/checkpoint.py": ["tests/test_checkpoint.py"],
     "inforeg_jax/data/pipeline.py": ["tests/test_pipeline.py"],
 }

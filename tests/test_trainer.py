@@ -1,0 +1,163 @@
+"""The loop's schedule, bookkeeping and resume, in process (the CLI's end to end is test_run)."""
+
+import os
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inforeg_jax import trainer
+from inforeg_jax.config import make_config
+from inforeg_jax.regulation import OFFICIAL_THRESHOLD, PAPER_THRESHOLD
+
+
+class NoTransforms:
+  def transforms(self, labels):
+    return []
+
+
+def lr_per_step(cfg, steps_per_epoch, steps):
+  """The learning rate of each step, read off SGD's update for a unit gradient."""
+  tx = trainer.make_optimizer(cfg, NoTransforms(), None, steps_per_epoch)
+  params = {"w": jnp.zeros(())}
+  state, out = tx.init(params), []
+  for _ in range(steps):
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    out.append(-float(updates["w"]))
+  return np.array(out)
+
+
+def test_step_lr_decays_after_every_lr_step_epochs():
+  cfg = make_config(learning_rate=0.1, lr_step_epochs=2, lr_decay=0.1, epochs=5, momentum=0.0,
+                    weight_decay=0.0)
+  lr = lr_per_step(cfg, steps_per_epoch=3, steps=15)
+  expected = np.repeat([0.1, 0.01, 0.001], [6, 6, 3])  # decays after epochs 2 and 4
+  np.testing.assert_allclose(lr, expected, rtol=1e-6)
+
+
+def test_step_lr_without_a_decay_inside_the_run():
+  cfg = make_config(learning_rate=0.05, lr_step_epochs=4, lr_decay=0.1, epochs=4, momentum=0.0,
+                    weight_decay=0.0)
+  np.testing.assert_allclose(lr_per_step(cfg, 2, 8), 0.05, rtol=1e-6)
+
+
+def test_weight_decay_and_momentum_follow_the_method_transforms():
+  cfg = make_config(learning_rate=1.0, lr_step_epochs=10, epochs=10, momentum=0.5,
+                    weight_decay=0.1)
+  tx = trainer.make_optimizer(cfg, NoTransforms(), None, 1)
+  params = {"w": jnp.full((), 2.0)}
+  state = tx.init(params)
+  u1, state = tx.update({"w": jnp.ones(())}, state, params)
+  u2, _ = tx.update({"w": jnp.ones(())}, state, params)
+  g = 1.0 + 0.1 * 2.0  # gradient + weight decay
+  assert float(u1["w"]) == pytest.approx(-g)
+  assert float(u2["w"]) == pytest.approx(-(g + 0.5 * g))  # momentum 0.5
+
+
+def test_window_threshold():
+  assert trainer.window_threshold(make_config(threshold=0.07)) == 0.07
+  assert trainer.window_threshold(make_config(method="inforeg")) == PAPER_THRESHOLD
+  official = make_config(method="inforeg", **{"inforeg.variant": "official"})
+  assert trainer.window_threshold(official) == OFFICIAL_THRESHOLD
+  assert trainer.window_threshold(make_config(method="ogm_ge")) == PAPER_THRESHOLD
+  assert PAPER_THRESHOLD != OFFICIAL_THRESHOLD
+
+
+def record(loss, finite, alpha=0.0, grad=1.0):
+  return {"loss": jnp.float32(loss), "finite": jnp.float32(finite),
+          "alpha_audio": jnp.float32(alpha), "grad_sq_audio": jnp.float32(grad)}
+
+
+def test_epoch_means_leave_out_skipped_steps():
+  means, series = trainer._epoch_means([record(1.0, 1, 0.5), record(np.nan, 0, 2.0),
+                                        record(3.0, 1, 1.5)])
+  assert means["loss"] == pytest.approx(2.0)
+  assert means["alpha_audio"] == pytest.approx(1.0)
+  assert means["skipped_steps"] == 1
+  assert series == {"alpha_audio": [0.5, 2.0, 1.5]}  # every step, for the plots
+  # every step skipped: the means are over all of them (and say so)
+  means, _ = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
+  assert means["skipped_steps"] == 2 and np.isnan(means["loss"])
+
+
+def test_first_nonfinite_names_the_culprit():
+  assert trainer._first_nonfinite(record(np.nan, 0), ["audio"]) == "the loss"
+  assert trainer._first_nonfinite(record(1.0, 0, grad=np.inf), ["audio"]) == "Tr(F) of audio"
+
+
+def test_summary_reports_final_validation_selected_and_best_test():
+  history = [{"epoch": 0, "acc": 0.5, "val_acc": 0.4, "acc_audio": 0.3, "loss": 1.0},
+             {"epoch": 1, "acc": 0.9, "val_acc": 0.5, "acc_audio": 0.4, "loss": 0.5},
+             {"epoch": 2, "acc": 0.7, "val_acc": 0.8, "acc_audio": 0.6, "loss": 0.4},
+             {"epoch": 3, "acc": 0.6, "val_acc": 0.7, "acc_audio": 0.5, "loss": 0.3,
+              "skipped_steps": 2}]
+  history[1]["skipped_steps"] = 1
+  s = trainer._summary(make_config(epochs=4), history, 12.345, "w")
+  assert s["final"] == {"acc": 0.6, "val_acc": 0.7, "acc_audio": 0.5}
+  assert s["selected"] == {"by": "val_acc", "epoch": 2, "acc": 0.7, "val_acc": 0.8,
+                           "acc_audio": 0.6}
+  assert s["best"] == {"acc": 0.9, "epoch": 1}
+  assert s["skipped_steps"] == 3 and s["train_seconds"] == 12.35 and s["epochs"] == 4
+  # without a validation split the test accuracy selects (and says so)
+  no_val = [{k: v for k, v in r.items() if k != "val_acc"} for r in history]
+  s = trainer._summary(make_config(), no_val, 1.0, "w")
+  assert s["selected"]["by"] == "acc" and s["selected"]["epoch"] == 1
+
+
+def test_prepare_workdir(tmp_path):
+  workdir = str(tmp_path / "run")
+  assert trainer.prepare_workdir(make_config(workdir=workdir)) == workdir
+  assert os.listdir(workdir) == []  # the write probe is gone
+  open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+  with pytest.raises(trainer.RunError, match="--resume .* or\n?.*--overwrite|already holds"):
+    trainer.prepare_workdir(make_config(workdir=workdir))
+  assert trainer.prepare_workdir(make_config(workdir=workdir, resume=True)) == workdir
+  assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # resume keeps it
+  with pytest.raises(trainer.RunError, match="exclude each other"):
+    trainer.prepare_workdir(make_config(workdir=workdir, resume=True, overwrite=True))
+  trainer.prepare_workdir(make_config(workdir=workdir, overwrite=True))
+  assert os.listdir(workdir) == []  # overwrite starts afresh
+  # a workdir with only unrelated files is not a run
+  open(os.path.join(workdir, "notes.txt"), "w").close()
+  trainer.prepare_workdir(make_config(workdir=workdir))
+
+
+def test_run_name_and_hparams():
+  cfg = make_config(method="inforeg", modalities="audio", seed=3)
+  assert trainer.run_name(cfg) == "synthetic / inforeg (audio) / seed 3"
+  assert trainer.run_name(make_config(method="joint", seed=1)) == "synthetic / joint / seed 1"
+  h = trainer.hparams(cfg)
+  assert h["method"] == "inforeg" and h["seed"] == 3 and h["modalities"] == "audio"
+  assert h["inforeg.beta"] == cfg.options.beta
+  assert trainer.hparams(make_config())["modalities"] == "all"
+
+
+class FakeLoop:
+  """What epoch_row reads of a Loop: the dataset's splits and an evaluation."""
+
+  def __init__(self, val):
+    self.dataset = types.SimpleNamespace(modalities=("audio", "visual"), val=val, test="test")
+
+  def evaluate(self, state, split):
+    base = 0.1 if split == "test" else 0.5
+    return {"acc": base, "loss": base + 1, "f1_macro": base + 2,
+            "acc_audio": base + 3, "acc_visual": base + 4,
+            "loss_audio": base + 5, "loss_visual": base + 6}
+
+
+def test_epoch_row_fields():
+  train = {"loss": 1.5, "acc": 0.25, "fused_loss": 9.0, "finite": 1.0, "skipped_steps": 0,
+           "alpha_audio": 1.2, "coef_visual": 0.8}
+  for m, k in (("audio", 1), ("visual", 2)):
+    train.update({f"loss_{m}": 9.0, f"acc_{m}": 0.1 * k, f"grad_sq_{m}": 10.0 * k})
+  row = trainer.epoch_row(FakeLoop(val="val"), None, train)
+  assert row == pytest.approx({
+      "train_loss": 1.5, "train_acc": 0.25, "val_acc": 0.5, "val_loss": 1.5,
+      "val_acc_audio": 3.5, "val_acc_visual": 4.5, "test_loss": 1.1, "acc": 0.1,
+      "f1_macro": 2.1, "acc_audio": 3.1, "acc_visual": 4.1, "test_loss_audio": 5.1,
+      "test_loss_visual": 6.1, "train_acc_audio": 0.1, "train_acc_visual": 0.2,
+      "trace_audio": 10.0, "trace_visual": 20.0, "skipped_steps": 0, "alpha_audio": 1.2,
+      "coef_visual": 0.8})
+  no_val = trainer.epoch_row(FakeLoop(val=None), None, train)
+  assert not any(k.startswith("val_") for k in no_val) and no_val["acc"] == 0.1

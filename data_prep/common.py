@@ -50,41 +50,36 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     return text
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, kind, what: str):
   try:
-    value = int(text)
+    return kind(text)
   except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def positive_int(text: str) -> int:
+  value = _number(text, int, "an integer")
   if value < 1:
     raise argparse.ArgumentTypeError(f"{value} is not positive")
   return value
 
 
 def nonnegative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  value = _number(text, int, "an integer")
   if value < 0:
     raise argparse.ArgumentTypeError(f"{value} is negative")
   return value
 
 
 def fraction(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  value = _number(text, float, "a number")
   if not 0.0 <= value < 1.0:
     raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
   return value
 
 
 def finite_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  value = _number(text, float, "a number")
   if not np.isfinite(value):
     raise argparse.ArgumentTypeError(f"{value} is not finite")
   return value
@@ -185,11 +180,8 @@ def write_cached(prep: records.Preparation, split: str, usable: list) -> np.ndar
 
 
 def md5(path: str) -> str:
-  h = hashlib.md5()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def split_counts(labels: np.ndarray, num_classes: int) -> dict:

@@ -39,6 +39,7 @@ from inforeg_jax.methods.agm import (AGM, coefficients, conditional_clip, modula
 from inforeg_jax.methods.base import Setup, StepContext
 from inforeg_jax.methods.options import AGMOptions
 from inforeg_jax.train import TrainState, make_forward, make_train_step
+from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "agm.json")))
 CASES = {c["name"]: c for c in GOLDEN["cases"]}
@@ -46,15 +47,6 @@ MODS2 = ("audio", "visual")
 MODS3 = ("audio", "visual", "text")
 
 
-def arr(x):
-  return jnp.asarray(np.asarray(x, np.float64), jnp.float32)
-
-
-def close(actual, expected, rtol=1e-5):
-  """Relative to the array's own scale (entries near 0 get atol = rtol * max|expected|)."""
-  expected = np.asarray(expected, np.float64)
-  atol = rtol * max(1.0, float(np.max(np.abs(expected)))) if expected.size else 0.0
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
 def close_coefficients(actual, expected, rtol=1e-5):

@@ -53,6 +53,7 @@ from inforeg_jax.methods.greedy import (MMTM, Greedy, _excite, _squeeze, bdr, le
                                         next_phase)
 from inforeg_jax.methods.options import GreedyOptions
 from inforeg_jax.train import create_state, make_train_step
+from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "greedy.json")))
 CASES = {c["name"]: c for c in GOLDEN["cases"]}
@@ -62,14 +63,6 @@ BB_FC = {"fc_squeeze": "fc_squeeze", "fc_excites.audio": "fc_audio",
          "fc_excites.visual": "fc_visual"}
 
 
-def arr(x):
-  return jnp.asarray(np.asarray(x, np.float64), jnp.float32)
-
-
-def close(actual, expected, rtol=1e-5):
-  expected = np.asarray(expected, np.float64)
-  atol = rtol * max(1.0, float(np.max(np.abs(expected)))) if expected.size else 0.0
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
 def nhwc(x):

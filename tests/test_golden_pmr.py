@@ -29,20 +29,13 @@ from inforeg_jax.methods.base import Setup, StepContext
 from inforeg_jax.methods.options import PMROptions
 from inforeg_jax.methods.pmr import PMR, class_means, next_prototypes, prototype_logits, pmr_terms
 from inforeg_jax.train import TrainState
+from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "pmr.json")))
 CASES = {c["name"]: c for c in GOLDEN["cases"]}
 MODS = ("audio", "visual")
 
 
-def arr(x):
-  return jnp.asarray(np.asarray(x, np.float64), jnp.float32)
-
-
-def close(actual, expected, rtol=1e-5):
-  expected = np.asarray(expected, np.float64)
-  atol = rtol * max(1.0, float(np.max(np.abs(expected)))) if expected.size else 0.0
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
 @functools.lru_cache(maxsize=None)

@@ -281,6 +281,22 @@ def test_step_non_finite_is_skipped():
   assert float(metrics["finite"]) == 1.0 and int(newer.method_state["n"]) == 1
 
 
+class InfiniteTrace(Recording):
+  """A finite loss whose Tr(F) gradient overflows (as a float32 square can)."""
+
+  def gradients(self, vjp_fn, terms, aux, ctx, flat_labels):
+    grads, fisher, metrics = super().gradients(vjp_fn, terms, aux, ctx, flat_labels)
+    return grads, jax.tree.map(lambda g: g * jnp.inf, fisher), metrics
+
+
+def test_step_with_a_finite_loss_but_non_finite_trace_is_skipped():
+  _, _, _, state, step, batch, _ = build(InfiniteTrace)
+  new, metrics = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 0.0
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+  assert int(new.method_state["n"]) == 0
+
+
 def test_step_with_inforeg_regulates_inside_the_jit():
   cfg = config.make_config(method="inforeg", window="whole", **{"inforeg.warmup_epochs": 0})
   _, _, _, state, step, batch, _ = build(method_cls=get("inforeg"), cfg=cfg, spe=2)

@@ -84,11 +84,8 @@ def _fsync_dir(path: str) -> None:
 
 
 def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Preparation:

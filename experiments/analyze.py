@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from inforeg_jax import checkpoint  # noqa: E402
-from inforeg_jax.config import from_dict  # noqa: E402
+from inforeg_jax.config import from_dict, make_config  # noqa: E402
 from inforeg_jax.data import load_dataset, pipeline, select_modalities  # noqa: E402
 from inforeg_jax.train import cross_entropy  # noqa: E402
 from inforeg_jax.trainer import build_program, make_mesh  # noqa: E402
@@ -59,7 +59,11 @@ def run_label(run: str) -> str:
   except OSError:
     return os.path.basename(os.path.normpath(run))
   mods = s["config"].get("modalities")
-  return f"{s['method']}{f' ({mods})' if mods else ''} seed {s['seed']}"
+  group = s["method"].split("_")[0]  # inforeg_uni's options are inforeg's
+  defaults = make_config(s["dataset"], method=s["method"]).to_dict().get(group, {})
+  changed = [f"{k}={v}" for k, v in s["config"].get(group, {}).items() if defaults.get(k) != v]
+  return (f"{s['method']}{f' ({mods})' if mods else ''}{''.join(' ' + c for c in changed)}"
+          f" seed {s['seed']}")
 
 
 def traces(runs: list[str], out: str) -> dict:

@@ -168,7 +168,7 @@ def summarise(dataset: str, table: str, results: dict[str, dict[int, dict]]) -> 
 def markdown(table_rows: list[dict]) -> str:
   mods = sorted({k[4:] for r in table_rows for k in r if k.startswith("acc_")})
   head = ["row", "acc"] + [f"acc {m}" for m in mods] + ["acc (val-selected)",
-                                                       "acc - joint (95% CI)", "seeds"]
+                                                       "acc - joint (95% CI)", "seeds", "s/run"]
   cell = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}" if s else "-"
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in table_rows:
@@ -176,7 +176,8 @@ def markdown(table_rows: list[dict]) -> str:
     d = f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else "-"
     lines.append("| " + " | ".join([r["name"], cell(r["acc"])]
                                    + [cell(r.get(f"acc_{m}")) for m in mods]
-                                   + [cell(r["selected_acc"]), d, str(len(r["seeds"]))]) + " |")
+                                   + [cell(r["selected_acc"]), d, str(len(r["seeds"])),
+                                      f"{r['train_seconds']['mean']:.0f}"]) + " |")
   return "\n".join(lines) + "\n"
 
 

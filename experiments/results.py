@@ -143,6 +143,8 @@ def summarise(dataset: str, table: str, results: dict[str, dict[int, dict]]) -> 
   out = []
   ref = "joint E" if table == "epochs" else "joint"
   for name, flags in rows(table):
+    if name not in results:
+      continue
     runs = results[name]
     seeds = sorted(runs)
     row = {"name": name, "command": command(resolve(flags, dataset)), "seeds": seeds,
@@ -190,13 +192,15 @@ def main(argv=None) -> int:
   p.add_argument("--jobs", type=int, default=2, help="runs at once (single-threaded each)")
   p.add_argument("--out", default="runs/results")
   p.add_argument("--docs", default="docs/results")
+  p.add_argument("--report-only", action="store_true",
+                 help="run nothing: tabulate the finished runs (a row needs every seed)")
   args = p.parse_args(argv)
   from tqdm import tqdm
 
   tables, datasets = args.tables.split(","), args.datasets.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   for d in datasets:
-    if d in DATA and not os.path.exists(os.path.join(ROOT, DATA[d], "manifest.json")):
+    if not args.report_only and d in DATA and not os.path.exists(os.path.join(ROOT, DATA[d], "manifest.json")):
       prep = PREP[d].replace("DIR", DATA[d]).split()
       print("preparing", d, ":", " ".join(prep), flush=True)
       subprocess.run([sys.executable] + prep[1:], cwd=ROOT, check=True)
@@ -208,11 +212,18 @@ def main(argv=None) -> int:
   results: dict = {}
   t0 = time.time()
   tty = sys.stderr.isatty()
+  workdirs = {key: os.path.join(args.out, d, slug(name), f"seed{key[2]}")
+              for key, (d, name) in unique.items()}
+  if args.report_only:
+    for key, workdir in workdirs.items():
+      if os.path.exists(os.path.join(workdir, "summary.json")):
+        results[key] = read_summary(os.path.join(workdir, "summary.json"), key[2])
+    unique = {}
   bar = tqdm(total=len(unique), unit="run", desc="results", disable=not tty)
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     futures = {}
-    for (d, flags, seed), (_, name) in unique.items():
-      workdir = os.path.join(args.out, d, slug(name), f"seed{seed}")
+    for (d, flags, seed) in unique:
+      workdir = workdirs[(d, flags, seed)]
       futures[pool.submit(run_one, list(flags), seed, workdir, args.jobs > 1)] = (d, flags, seed)
     for f in concurrent.futures.as_completed(futures):
       results[futures[f]] = r = f.result()
@@ -234,16 +245,21 @@ def main(argv=None) -> int:
     for t in tables:
       doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
                                   f"--datasets={d} --seeds={args.seeds}")
-      by_name = {name: {seed: results[(d, tuple(resolve(flags, d)), seed)] for seed in seeds}
+      by_name = {name: {seed: results[(d, tuple(resolve(flags, d)), seed)] for seed in seeds
+                        if (d, tuple(resolve(flags, d)), seed) in results}
                  for name, flags in rows(t)}
-      doc["tables"][t] = summarise(d, t, by_name)
+      missing = [name for name, runs in by_name.items() if len(runs) < len(seeds)]
+      if missing:
+        print(f"{d} / {t}: not every seed has run for {', '.join(missing)}: left out")
+      doc.setdefault("not_run", {})[t] = missing
+      doc["tables"][t] = summarise(d, t, {n: r for n, r in by_name.items() if n not in missing})
       with open(os.path.join(args.docs, f"{d}_{t}.md"), "w") as f:
         f.write(markdown(doc["tables"][t]))
       print(f"\n{d} / {t}\n" + markdown(doc["tables"][t]))
     doc["rows"] = [r for t in doc["tables"].values() for r in t]
     with open(path, "w") as f:
       json.dump(doc, f, indent=1)
-  print(f"{len(unique)} runs, {time.time() - t0:.0f} s wall")
+  print(f"{len(unique)} runs made, {time.time() - t0:.0f} s wall")
   return 0
 
 

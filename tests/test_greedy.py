@@ -1,0 +1,59 @@
+"""Greedy's model and phase rule beyond the official numbers of test_golden_greedy.py: the
+MMTM sizes on a ResNet-18 trunk, the forward's defaults, the strict re-balancing threshold."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inforeg_jax import models
+from inforeg_jax.methods.greedy import GreedyNet, next_phase
+
+KINDS = {"audio": "spectrogram", "visual": "frames"}
+INPUTS = {"audio": jnp.ones([2, 16, 16]), "visual": jnp.ones([2, 1, 16, 16, 3])}
+
+
+def net(trunk, **kw):
+  return GreedyNet({m: trunk for m in KINDS}, KINDS, num_classes=3, **kw)
+
+
+def test_mmtm_sizes_on_a_resnet18_trunk():
+  model = net(functools.partial(models.ResNet18, width=2))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), INPUTS))["params"]
+  assert sorted(k for k in params if k.startswith("mmtm")) == ["mmtm1", "mmtm2", "mmtm3"]
+  for i in (1, 2, 3):
+    c = 2 * 2**i  # the stage's channels
+    mmtm = params[f"mmtm{i}"]
+    assert mmtm["fc_squeeze"]["kernel"].shape == (2 * c, c)  # 2 * (c + c) / ratio 4
+    assert mmtm["fc_audio"]["kernel"].shape == mmtm["fc_visual"]["kernel"].shape == (c, c)
+  assert params["head"]["fc_audio"]["kernel"].shape == (16, 3)
+
+
+def test_forward_defaults_and_the_fused_logits():
+  model = net(functools.partial(models.SmallCNN, widths=(2, 4, 8)))
+  variables = model.init(jax.random.key(0), INPUTS)
+  default = model.apply(variables, INPUTS)
+  explicit = model.apply(variables, INPUTS, train=False, running=None, count=0.0,
+                         curation=False, caring=0)
+  jax.tree.map(np.testing.assert_array_equal, default, explicit)
+  uni = default["unimodal_logits"]
+  np.testing.assert_allclose(default["logits"], (uni["audio"] + uni["visual"]) / 2, rtol=1e-6)
+  # the first call's running averages are this batch's mean scales; by default both rows come
+  # from modality 0 (the official code's quirk)
+  for r in default["mmtm_running"]:
+    np.testing.assert_array_equal(r[0], r[1])
+  assert len(default["mmtm_running"]) == 2  # after stages 1 and 2 of 3
+  per_modality = net(functools.partial(models.SmallCNN, widths=(2, 4, 8)),
+                     official_running_average=False).apply(variables, INPUTS)
+  assert not np.allclose(per_modality["mmtm_running"][0][0], per_modality["mmtm_running"][0][1])
+
+
+def test_rebalancing_needs_a_gap_strictly_above_the_threshold():
+  phase = {"cumulative": jnp.zeros([2, 2]), "curation": jnp.asarray(False),
+           "caring": jnp.int32(0), "curation_step": jnp.int32(0)}
+  speeds = jnp.ones([2, 2])  # equal BDRs: a gap of exactly 0
+  out = next_phase(phase, speeds, jnp.asarray(True), 0.0, 5)
+  assert float(out["d"]) == 0.0 and not bool(out["curation"])
+  out = next_phase(phase, jnp.array([[2.0, 1.0], [1.0, 1.0]]), jnp.asarray(True), 0.0, 5)
+  assert bool(out["curation"]) and int(out["caring"]) == 0  # BDR_0 > BDR_1: care for 0

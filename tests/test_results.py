@@ -50,9 +50,9 @@ def test_every_seed_runs_as_itself_and_is_read_back(tmp_path, fake_runs):
   assert row["joint"]["command"] == "python -m experiments.run --dataset=synthetic --method=joint"
   assert row["inforeg"]["seeds"] == [0, 1, 2]
   assert row["inforeg"]["acc"] == {"mean": 0.61, "std": 0.01}
-  assert row["inforeg"]["minus_joint"]["per_seed"] == [0.1, 0.1, 0.1]
-  assert row["inforeg"]["minus_joint"]["ci95"] == [0.1, 0.1]  # no spread: a point
-  assert "minus_joint" not in row["joint"]
+  assert row["inforeg"]["minus_reference"]["per_seed"] == [0.1, 0.1, 0.1]
+  assert row["inforeg"]["minus_reference"]["ci95"] == [0.1, 0.1]  # no spread: a point
+  assert "minus_reference" not in row["joint"] and row["inforeg"]["reference"] == "joint"
   assert (tmp_path / "docs" / "synthetic_methods.md").read_text().count("\n") == 4
   # a second invocation reads the finished runs back and runs nothing
   fake_runs.clear()

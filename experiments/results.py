@@ -202,6 +202,8 @@ def main(argv=None) -> int:
   p.add_argument("--jobs", type=int, default=2, help="runs at once (single-threaded each)")
   p.add_argument("--out", default="runs/results")
   p.add_argument("--docs", default="docs/results")
+  p.add_argument("--rows", default="",
+                 help="comma-separated row names to run and tabulate (default: every row)")
   p.add_argument("--report-only", action="store_true",
                  help="run nothing: tabulate the finished runs (a row needs every seed)")
   args = p.parse_args(argv)
@@ -214,8 +216,14 @@ def main(argv=None) -> int:
       prep = PREP[d].replace("DIR", DATA[d]).split()
       print("preparing", d, ":", " ".join(prep), flush=True)
       subprocess.run([sys.executable] + prep[1:], cwd=ROOT, check=True)
+  only = set(filter(None, args.rows.split(",")))
+  known = {name for t in tables for name, _ in rows(t)}
+  if only - known:
+    raise SystemExit(f"error: --rows: unknown {sorted(only - known)}; the rows of "
+                     f"{','.join(tables)}: {', '.join(sorted(known))}")
+  table_rows = {t: [(n, f) for n, f in rows(t) if not only or n in only] for t in tables}
   jobs = [(d, t, name, seed, resolve(flags, d))
-          for d in datasets for t in tables for name, flags in rows(t) for seed in seeds]
+          for d in datasets for t in tables for name, flags in table_rows[t] for seed in seeds]
   unique = {}
   for d, t, name, seed, flags in jobs:  # the same setting in two tables runs once
     unique.setdefault((d, tuple(flags), seed), (d, name))
@@ -254,10 +262,11 @@ def main(argv=None) -> int:
     doc.setdefault("table_commands", {})
     for t in tables:
       doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
-                                  f"--datasets={d} --seeds={args.seeds}")
+                                  f"--datasets={d} --seeds={args.seeds}"
+                                  + (f" --rows='{args.rows}'" if only else ""))
       by_name = {name: {seed: results[(d, tuple(resolve(flags, d)), seed)] for seed in seeds
                         if (d, tuple(resolve(flags, d)), seed) in results}
-                 for name, flags in rows(t)}
+                 for name, flags in table_rows[t]}
       missing = [name for name, runs in by_name.items() if len(runs) < len(seeds)]
       if missing:
         print(f"{d} / {t}: not every seed has run for {', '.join(missing)}: left out")

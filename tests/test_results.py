@@ -78,3 +78,15 @@ def test_report_only_leaves_out_rows_without_every_seed(tmp_path, fake_runs):
   assert results.main(argv + ["--report-only"]) == 0 and fake_runs == []
   doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
   assert doc["not_run"]["methods"] == ["joint", "inforeg"] and doc["tables"]["methods"] == []
+
+
+def test_rows_selects_what_runs_and_what_is_tabulated(tmp_path, fake_runs):
+  argv = ["--datasets=synthetic", "--seeds=0", "--jobs=1", f"--out={tmp_path}/runs",
+          f"--docs={tmp_path}/docs"]
+  assert results.main(argv + ["--rows=inforeg"]) == 0
+  assert [c[1] for c in fake_runs] == ["--method=inforeg"]
+  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
+  assert [r["name"] for r in doc["rows"]] == ["inforeg"]
+  assert doc["table_commands"]["methods"].endswith("--rows='inforeg'")
+  with pytest.raises(SystemExit, match="--rows: unknown"):
+    results.main(argv + ["--rows=nope"])

@@ -57,3 +57,41 @@ def test_rebalancing_needs_a_gap_strictly_above_the_threshold():
   assert float(out["d"]) == 0.0 and not bool(out["curation"])
   out = next_phase(phase, jnp.array([[2.0, 1.0], [1.0, 1.0]]), jnp.asarray(True), 0.0, 5)
   assert bool(out["curation"]) and int(out["caring"]) == 0  # BDR_0 > BDR_1: care for 0
+
+
+def greedy_method(**overrides):
+  from inforeg_jax.config import make_config
+  from inforeg_jax.methods.base import Setup
+  from inforeg_jax.methods.greedy import Greedy
+  cfg = make_config(method="greedy", width=2, **overrides)
+  return Greedy(cfg, Setup(modalities=tuple(KINDS), num_classes=3, steps_per_epoch=2,
+                           window="whole", threshold=0.04))
+
+
+def test_only_conv_trunks_and_its_own_fusion():
+  import pytest
+  with pytest.raises(ValueError, match="MMTM fusion"):
+    greedy_method(fusion="sum")
+  with pytest.raises(ValueError, match="MMTM fusion"):
+    greedy_method(encoder="transformer")
+
+
+def test_objective_is_the_sum_of_the_branch_losses():
+  from inforeg_jax.methods.base import StepContext
+  from inforeg_jax.train import make_forward
+  method = greedy_method()
+  model = method.build_model(types_dataset())
+  variables = model.init(jax.random.key(0), INPUTS)
+  state = method.init_state(variables["params"], model.apply(variables, INPUTS))
+  fwd = make_forward(model, variables["batch_stats"], jax.random.key(1))
+  batch = {"inputs": INPUTS, "label": jnp.array([0, 2])}
+  ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(True))
+  terms, aux = method.objective(fwd, variables["params"], state, batch, ctx)
+  assert terms.shape == (1,)
+  np.testing.assert_allclose(terms[0], aux["uni"]["audio"] + aux["uni"]["visual"], rtol=1e-6)
+  assert float(aux["uni"]["audio"]) > 0 and float(aux["uni"]["visual"]) > 0
+
+
+def types_dataset():
+  import types
+  return types.SimpleNamespace(kinds=KINDS, num_classes=3)

@@ -108,7 +108,7 @@ def test_trainer_restore_checks_the_config(tmp_path):
   with pytest.raises(trainer.RunError, match="--epochs >= 3"):
     trainer.restore(make_config(workdir=str(tmp_path), epochs=2, learning_rate=0.1,
                                 resume=True), mngr, state_of(0))
-  with pytest.raises(trainer.RunError, match="learning_rate"):
+  with pytest.raises(trainer.RunError, match="--learning_rate=0.1 -> 0.2"):  # saved -> asked
     trainer.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.2,
                                 resume=True), mngr, state_of(0))
   for step in (0, 1, 2):

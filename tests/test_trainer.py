@@ -79,6 +79,8 @@ def test_epoch_means_leave_out_skipped_steps():
   # every step skipped: the means are over all of them (and say so)
   means, _ = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
   assert means["skipped_steps"] == 2 and np.isnan(means["loss"])
+  means, series = trainer._epoch_means([record(2.0, 1, 0.25)])  # a one-step epoch
+  assert means["loss"] == 2.0 and series == {"alpha_audio": [0.25]}
 
 
 def test_first_nonfinite_names_the_culprit():
@@ -140,6 +142,7 @@ class FakeLoop:
     self.dataset = types.SimpleNamespace(modalities=("audio", "visual"), val=val, test="test")
 
   def evaluate(self, state, split):
+    assert state == "STATE"
     base = 0.1 if split == "test" else 0.5
     return {"acc": base, "loss": base + 1, "f1_macro": base + 2,
             "acc_audio": base + 3, "acc_visual": base + 4,
@@ -151,7 +154,7 @@ def test_epoch_row_fields():
            "alpha_audio": 1.2, "coef_visual": 0.8}
   for m, k in (("audio", 1), ("visual", 2)):
     train.update({f"loss_{m}": 9.0, f"acc_{m}": 0.1 * k, f"grad_sq_{m}": 10.0 * k})
-  row = trainer.epoch_row(FakeLoop(val="val"), None, train)
+  row = trainer.epoch_row(FakeLoop(val="val"), "STATE", train)
   assert row == pytest.approx({
       "train_loss": 1.5, "train_acc": 0.25, "val_acc": 0.5, "val_loss": 1.5,
       "val_acc_audio": 3.5, "val_acc_visual": 4.5, "test_loss": 1.1, "acc": 0.1,
@@ -159,5 +162,5 @@ def test_epoch_row_fields():
       "test_loss_visual": 6.1, "train_acc_audio": 0.1, "train_acc_visual": 0.2,
       "trace_audio": 10.0, "trace_visual": 20.0, "skipped_steps": 0, "alpha_audio": 1.2,
       "coef_visual": 0.8})
-  no_val = trainer.epoch_row(FakeLoop(val=None), None, train)
+  no_val = trainer.epoch_row(FakeLoop(val=None), "STATE", train)
   assert not any(k.startswith("val_") for k in no_val) and no_val["acc"] == 0.1

@@ -31,7 +31,7 @@ def test_window_statistics(tmp_path):
                    f"--workdir={workdir}"]) == 0
   numbers = analyze.windows([str(workdir)], str(tmp_path / "windows"))
   rows = analyze.read_rows(str(workdir))
-  stats = numbers["runs"]["inforeg seed 0"]
+  stats = numbers["runs"]["inforeg warmup_epochs=1 seed 0"]  # the label names changed options
   for m in ("audio", "visual"):
     assert stats[m]["epochs_regulated"] == sum(r[f"alpha_{m}"] > 0 for r in rows)
     assert stats[m]["epochs_open"] == sum(r[f"window_{m}"] > 0.5 for r in rows)

@@ -11,7 +11,9 @@ from inforeg_jax import models
 from inforeg_jax.methods.greedy import GreedyNet, next_phase
 
 KINDS = {"audio": "spectrogram", "visual": "frames"}
-INPUTS = {"audio": jnp.ones([2, 16, 16]), "visual": jnp.ones([2, 1, 16, 16, 3])}
+_RNG = np.random.default_rng(0)  # distinct samples: a batch mean differs from each sample's
+INPUTS = {"audio": jnp.asarray(_RNG.normal(size=(2, 16, 16)), jnp.float32),
+          "visual": jnp.asarray(_RNG.normal(size=(2, 1, 16, 16, 3)), jnp.float32)}
 
 
 def net(trunk, **kw):

@@ -123,9 +123,10 @@ def interrupted(tmp):
   p = subprocess.Popen(RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--epochs=400"],
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  for _ in range(600):  # wait for the next epoch's checkpoint, then interrupt
+  ckpts = os.path.join(tmp, "w", "checkpoints")
+  for _ in range(600):  # wait for a checkpoint after epoch 0 (pruning may remove 1), interrupt
     time.sleep(0.5)
-    if os.path.isdir(os.path.join(tmp, "w", "checkpoints", "1")):
+    if any(d.isdigit() and int(d) >= 1 for d in os.listdir(ckpts)):
       break
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=300)

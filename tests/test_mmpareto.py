@@ -23,6 +23,7 @@ def test_min_norm_weights_minimise_the_norm_of_the_combination():
     norms = np.linalg.norm(grid[:, None] * g1 + (1 - grid[:, None]) * g2, axis=1)
     assert abs(k[0] - grid[np.argmin(norms)]) < 2e-4, (v11, v12, v22)
   np.testing.assert_allclose(min_norm_weights(4.0, -1.0, 1.0), [2 / 7, 5 / 7], rtol=1e-6)
+  np.testing.assert_allclose(min_norm_weights(2.0, 0.5, 1.0), [0.25, 0.75], rtol=1e-6)
   # equal norms: the minimum is the midpoint, whatever the angle (v12 below both norms)
   for v, v12 in ((1.0, -0.5), (2.0, 0.5), (1.0, -1.0), (3.0, 2.0)):
     np.testing.assert_allclose(min_norm_weights(v, v12, v), [0.5, 0.5], rtol=1e-6)

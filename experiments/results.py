@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import os
@@ -66,8 +67,8 @@ def rows(table: str) -> list[tuple[str, list[str]]]:
   if table == "beta":
     return [(f"inforeg beta={b}", ["--method=inforeg", f"--inforeg.beta={b}"])
             for b in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)]
-  if table == "threshold":
-    return [(f"inforeg K={k}", ["--method=inforeg", f"--threshold={k}"])
+  if table == "threshold":  # the paper's K is the default (None: 0.04), so it runs once
+    return [(f"inforeg K={k}", ["--method=inforeg"] + ([f"--threshold={k}"] if k != 0.04 else []))
             for k in (0.01, 0.02, 0.04, 0.06, 0.08, 0.1)]
   raise SystemExit(f"error: --tables: unknown table {table!r}")
 
@@ -84,6 +85,18 @@ def resolve(flags: list[str], dataset: str) -> list[str]:
   for f in flags:
     out.append(f"--epochs={2 * PRESETS[dataset]['epochs']}" if f == "EPOCHS2" else f)
   return out
+
+
+def canonical(flags: list[str]) -> tuple[str, ...]:
+  """The flags without those that restate a default (``--window=whole`` for a baseline,
+  ``--fusion=concat``, ``--inforeg.beta=0.9``): rows of one setting in several tables then
+  share one run."""
+  from inforeg_jax.config import parse_flags
+  setting = lambda argv: (lambda c: dataclasses.replace(c, window=c.resolved_window))(
+      parse_flags(argv)[0])
+  base = [f for f in flags if f.startswith(("--dataset=", "--data_dir=", "--method="))]
+  default = setting(base)
+  return tuple(f for f in flags if f in base or setting(base + [f]) != default)
 
 
 def command(flags: list[str]) -> str:
@@ -140,9 +153,14 @@ def paired(values, reference) -> dict:
 
 def reference(table: str, name: str) -> str:
   """The row a row is compared with: joint training, or joint training* (with unimodal
-  losses) for the Table 3 methods, or joint training for E epochs in Table 1."""
+  losses) for the Table 3 methods; in Table 1 joint training for E epochs, in Table 4 the
+  method over the whole run, in Table 5 joint training with the same fusion."""
   if table == "epochs":
     return "joint E"
+  if table == "window":  # inside or outside the window against the whole run
+    return name.split()[0] + " whole"
+  if table == "fusion":
+    return "joint " + name.split()[1]
   return "joint_uni" if name in METHODS_T3 else "joint"
 
 
@@ -222,16 +240,23 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: --rows: unknown {sorted(only - known)}; the rows of "
                      f"{','.join(tables)}: {', '.join(sorted(known))}")
   table_rows = {t: [(n, f) for n, f in rows(t) if not only or n in only] for t in tables}
-  jobs = [(d, t, name, seed, resolve(flags, d))
-          for d in datasets for t in tables for name, flags in table_rows[t] for seed in seeds]
+  # One run per setting and seed, in the folder of the setting's first row over all tables.
+  folder = {}
+  for d in datasets:
+    for t in TABLES:
+      for name, flags in rows(t):
+        folder.setdefault((d, canonical(resolve(flags, d))), slug(name))
   unique = {}
-  for d, t, name, seed, flags in jobs:  # the same setting in two tables runs once
-    unique.setdefault((d, tuple(flags), seed), (d, name))
+  for d in datasets:
+    for t in tables:
+      for name, flags in table_rows[t]:
+        for seed in seeds:
+          unique.setdefault((d, canonical(resolve(flags, d)), seed), (d, name))
   results: dict = {}
   t0 = time.time()
   tty = sys.stderr.isatty()
-  workdirs = {key: os.path.join(args.out, d, slug(name), f"seed{key[2]}")
-              for key, (d, name) in unique.items()}
+  workdirs = {key: os.path.join(args.out, key[0], folder[key[:2]], f"seed{key[2]}")
+              for key in unique}
   if args.report_only:
     for key, workdir in workdirs.items():
       if os.path.exists(os.path.join(workdir, "summary.json")):
@@ -264,8 +289,8 @@ def main(argv=None) -> int:
       doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
                                   f"--datasets={d} --seeds={args.seeds}"
                                   + (f" --rows='{args.rows}'" if only else ""))
-      by_name = {name: {seed: results[(d, tuple(resolve(flags, d)), seed)] for seed in seeds
-                        if (d, tuple(resolve(flags, d)), seed) in results}
+      by_name = {name: {seed: results[(d, canonical(resolve(flags, d)), seed)] for seed in seeds
+                        if (d, canonical(resolve(flags, d)), seed) in results}
                  for name, flags in table_rows[t]}
       missing = [name for name, runs in by_name.items() if len(runs) < len(seeds)]
       if missing:

@@ -90,3 +90,28 @@ def test_rows_selects_what_runs_and_what_is_tabulated(tmp_path, fake_runs):
   assert doc["table_commands"]["methods"].endswith("--rows='inforeg'")
   with pytest.raises(SystemExit, match="--rows: unknown"):
     results.main(argv + ["--rows=nope"])
+
+
+def test_a_setting_in_several_tables_runs_once_in_its_first_rows_folder(tmp_path, fake_runs,
+                                                                          monkeypatch):
+  table = {"methods": [("joint", ["--method=joint"]), ("inforeg", ["--method=inforeg"])],
+           "window": [("inforeg prime", ["--method=inforeg", "--window=prime"]),
+                      ("inforeg other", ["--method=inforeg", "--window=other"])]}
+  monkeypatch.setattr(results, "rows", lambda t: table.get(t, []))
+  argv = ["--tables=window", "--datasets=synthetic", "--seeds=0", "--jobs=1",
+          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]
+  assert results.main(argv) == 0
+  # --window=prime is InfoReg's default: the run is the methods table's "inforeg"
+  assert sorted(c[-2] for c in fake_runs) == [f"--workdir={tmp_path}/runs/synthetic/{n}/seed0"
+                                              for n in ("inforeg", "inforeg_other")]
+  assert results.main(argv[:1] + ["--tables=methods,window"] + argv[1:]) == 0
+  assert len(fake_runs) == 3  # joint only: the rest is read back
+  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
+  assert {r["name"]: r["acc"] for r in doc["tables"]["window"]}["inforeg prime"] == \
+      {r["name"]: r["acc"] for r in doc["tables"]["methods"]}["inforeg"]
+
+
+def test_canonical_drops_only_restated_defaults():
+  flags = results.resolve(["--method=ogm_ge", "--window=whole", "--fusion=concat",
+                           "--epochs=7"], "synthetic")
+  assert results.canonical(flags) == ("--dataset=synthetic", "--method=ogm_ge", "--epochs=7")

@@ -20,7 +20,9 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -268,6 +270,32 @@ def restore(cfg: Config, mngr, state):
 # ---------------------------------------------------------------- the loop
 
 
+class StopAtStep:
+  """Ctrl-C (SIGINT) stops the run at the next step boundary, never inside a checkpoint
+  write or a library's worker threads (orbax interrupted mid-save can leave a thread that
+  keeps the process alive); a second Ctrl-C stops at once. Outside the main thread it
+  changes nothing. ``restore()`` puts the previous handler back."""
+
+  def __init__(self):
+    self.requested, self._previous = False, None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    print("\nCtrl-C: stopping after this step (again: at once)", file=sys.stderr, flush=True)
+
+  def check(self) -> None:
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 def _epoch_means(records: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
   """One host transfer per epoch: the means of the step metrics over the finite steps,
   and the per-step series of the rule's coefficients for the plots."""
@@ -375,6 +403,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
              desc=f"{cfg.dataset}/{cfg.method}",
              disable=not interactive or jax.process_index() != 0)
   t0 = time.time()
+  stop = StopAtStep()
   try:
     for epoch in range(first_epoch, cfg.epochs):
       def check(records, i):
@@ -386,6 +415,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
                          "--skip_nonfinite to skip such steps")
 
       def on_step(records):
+        stop.check()
         bar.update()
         if len(records) > 1:  # the previous step: reading it does not wait for this one
           check(records, len(records) - 2)
@@ -401,12 +431,14 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
       checkpoint.save(mngr, epoch, state, {"history": history, "series": reporter.series,
                                             "config": cfg.to_dict()},
                       best_epoch=max(history, key=lambda r: r[rank])["epoch"])
+      stop.check()  # a Ctrl-C during evaluation or the save stops here, the epoch saved
       bar.set_postfix(acc=f"{row['acc']:.3f}",
                       **{m[:1]: f"{row[f'acc_{m}']:.3f}" for m in modalities})
       if not interactive and jax.process_index() == 0:
         print(f"epoch {epoch}: loss {row['train_loss']:.4f} acc {row['acc']:.3f} "
               + " ".join(f"{m} {row[f'acc_{m}']:.3f}" for m in modalities), flush=True)
   finally:
+    stop.restore()
     bar.close()
     reporter.close()
     mngr.close()

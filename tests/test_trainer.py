@@ -1,6 +1,7 @@
 """The loop's schedule, bookkeeping and resume, in process (the CLI's end to end is test_run)."""
 
 import os
+import signal
 import types
 
 import jax.numpy as jnp
@@ -164,3 +165,18 @@ def test_epoch_row_fields():
       "coef_visual": 0.8})
   no_val = trainer.epoch_row(FakeLoop(val=None), "STATE", train)
   assert not any(k.startswith("val_") for k in no_val) and no_val["acc"] == 0.1
+
+
+def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
+  before = signal.getsignal(signal.SIGINT)
+  stop = trainer.StopAtStep()
+  try:
+    signal.raise_signal(signal.SIGINT)  # e.g. inside a checkpoint write: nothing raised there
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):
+      stop.check()  # the next step boundary
+    with pytest.raises(KeyboardInterrupt):
+      signal.raise_signal(signal.SIGINT)  # the second Ctrl-C
+  finally:
+    stop.restore()
+  assert signal.getsignal(signal.SIGINT) is before

@@ -9,6 +9,9 @@
        at the run's latest checkpoint)
   python -m experiments.analyze tsne RUN --modality=visual --out=fig6
       (Fig. 6: t-SNE of the modality's test features, coloured by class; sklearn's TSNE)
+  python -m experiments.analyze curve docs/results/avmnist.json --table=beta --out=fig7
+      (Figs. 7/8: accuracy against InfoReg's beta or K, mean and std over the seeds of
+       experiments.results' table, joint training's mean as the reference line)
 
 RUN is a run's workdir (metrics.jsonl, summary.json, checkpoints/).
 """
@@ -210,6 +213,38 @@ def tsne(run: str, modality: str, limit: int, out: str) -> dict:
   return numbers
 
 
+def curve(results_json: str, table: str, out: str) -> dict:
+  """Figs. 7/8: fused and per-modality final accuracy against the swept value of a table of
+  ``experiments.results`` (rows named ``... name=value``), joint training's as reference."""
+  with open(results_json) as f:
+    doc = json.load(f)
+  if table not in doc.get("tables", {}) or not doc["tables"][table]:
+    raise SystemExit(f"error: {results_json} has no finished {table!r} table: run "
+                     f"python -m experiments.results --tables={table} first")
+  rows = doc["tables"][table]
+  name = rows[0]["name"].rsplit(" ", 1)[1].split("=")[0]
+  x = [float(r["name"].rsplit("=", 1)[1]) for r in rows]
+  keys = ["acc"] + sorted(k for k in rows[0] if k.startswith("acc_"))
+  joint = next((r for r in doc["tables"].get("methods", []) if r["name"] == "joint"), None)
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  numbers = {"table": table, "x_name": name, "x": x, "seeds": rows[0]["seeds"]}
+  for i, k in enumerate(keys):
+    mean = np.array([r[k]["mean"] for r in rows])
+    std = np.array([r[k]["std"] for r in rows])
+    color = "k" if k == "acc" else f"C{i}"
+    label = "fused" if k == "acc" else k[4:]
+    ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, color=color, label=f"InfoReg: {label}")
+    if joint is not None and k in joint:
+      ax.axhline(joint[k]["mean"], color=color, ls=":", lw=1, label=f"joint training: {label}")
+    numbers[k] = {"mean": mean.tolist(), "std": std.tolist(),
+                  "joint": joint[k]["mean"] if joint is not None and k in joint else None}
+  ax.set(xlabel=name, ylabel="final test accuracy",
+         title=f"{doc.get('dataset', '')}: InfoReg's {name} ({len(rows[0]['seeds'])} seeds)")
+  ax.legend(fontsize=7)
+  save(out, fig, numbers)
+  return numbers
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="kind", required=True)
@@ -221,6 +256,9 @@ def main(argv=None) -> int:
     s.add_argument("--modality", required=True)
     s.add_argument("--batches", type=int, default=8)
     s.add_argument("--limit", type=int, default=1000)
+  s = sub.add_parser("curve")
+  s.add_argument("results_json")
+  s.add_argument("--table", required=True, choices=("beta", "threshold"))
   for s in sub.choices.values():
     s.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args(argv)
@@ -230,8 +268,10 @@ def main(argv=None) -> int:
     windows(args.runs, args.out)
   elif args.kind == "gradcos":
     gradcos(args.run, args.modality, args.batches, args.out)
-  else:
+  elif args.kind == "tsne":
     tsne(args.run, args.modality, args.limit, args.out)
+  else:
+    curve(args.results_json, args.table, args.out)
   return 0
 
 

@@ -66,3 +66,20 @@ def test_sweep_runs_the_grid_over_seeds_and_resumes(tmp_path, capsys):
   capsys.readouterr()
   assert sweep.main(flags) == 0  # everything done: no run starts again
   assert "== inforeg.beta" not in capsys.readouterr().out
+
+
+def test_curve_plots_a_swept_table_against_joint_training(tmp_path):
+  row = lambda name, acc: {"name": name, "seeds": [0, 1], "acc": {"mean": acc, "std": 0.01},
+                           "acc_audio": {"mean": acc - 0.2, "std": 0.02}}
+  doc = {"dataset": "synthetic",
+         "tables": {"methods": [row("joint", 0.8)],
+                    "beta": [row("inforeg beta=0.1", 0.7), row("inforeg beta=0.9", 0.9)]}}
+  path = tmp_path / "r.json"
+  path.write_text(json.dumps(doc))
+  numbers = analyze.curve(str(path), "beta", str(tmp_path / "fig7"))
+  assert numbers["x_name"] == "beta" and numbers["x"] == [0.1, 0.9]
+  assert numbers["acc"]["mean"] == [0.7, 0.9] and numbers["acc"]["joint"] == 0.8
+  assert numbers["acc_audio"]["mean"] == pytest.approx([0.5, 0.7])
+  assert (tmp_path / "fig7.png").stat().st_size > 0
+  with pytest.raises(SystemExit, match="no finished 'threshold' table"):
+    analyze.curve(str(path), "threshold", str(tmp_path / "fig8"))

@@ -67,8 +67,8 @@ def rows(table: str) -> list[tuple[str, list[str]]]:
   if table == "beta":
     return [(f"inforeg beta={b}", ["--method=inforeg", f"--inforeg.beta={b}"])
             for b in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)]
-  if table == "threshold":  # the paper's K is the default (None: 0.04), so it runs once
-    return [(f"inforeg K={k}", ["--method=inforeg"] + ([f"--threshold={k}"] if k != 0.04 else []))
+  if table == "threshold":
+    return [(f"inforeg K={k}", ["--method=inforeg", f"--threshold={k}"])
             for k in (0.01, 0.02, 0.04, 0.06, 0.08, 0.1)]
   raise SystemExit(f"error: --tables: unknown table {table!r}")
 
@@ -87,16 +87,20 @@ def resolve(flags: list[str], dataset: str) -> list[str]:
   return out
 
 
+def _setting(argv: list[str]):
+  """The run's config with ``auto``/None resolved: what the run actually does."""
+  from inforeg_jax.config import parse_flags
+  cfg = parse_flags(argv)[0]
+  return dataclasses.replace(cfg, window=cfg.resolved_window, threshold=cfg.resolved_threshold)
+
+
 def canonical(flags: list[str]) -> tuple[str, ...]:
   """The flags without those that restate a default (``--window=whole`` for a baseline,
-  ``--fusion=concat``, ``--inforeg.beta=0.9``): rows of one setting in several tables then
-  share one run."""
-  from inforeg_jax.config import parse_flags
-  setting = lambda argv: (lambda c: dataclasses.replace(c, window=c.resolved_window))(
-      parse_flags(argv)[0])
+  ``--fusion=concat``, ``--inforeg.beta=0.9``, ``--threshold=0.04``): rows of one setting in
+  several tables then share one run."""
   base = [f for f in flags if f.startswith(("--dataset=", "--data_dir=", "--method="))]
-  default = setting(base)
-  return tuple(f for f in flags if f in base or setting(base + [f]) != default)
+  default = _setting(base)
+  return tuple(f for f in flags if f in base or _setting(base + [f]) != default)
 
 
 def command(flags: list[str]) -> str:
@@ -241,17 +245,14 @@ def main(argv=None) -> int:
                      f"{','.join(tables)}: {', '.join(sorted(known))}")
   table_rows = {t: [(n, f) for n, f in rows(t) if not only or n in only] for t in tables}
   # One run per setting and seed, in the folder of the setting's first row over all tables.
-  folder = {}
+  setting, folder = {}, {}  # (dataset, row flags) -> canonical flags -> folder name
   for d in datasets:
     for t in TABLES:
       for name, flags in rows(t):
-        folder.setdefault((d, canonical(resolve(flags, d))), slug(name))
-  unique = {}
-  for d in datasets:
-    for t in tables:
-      for name, flags in table_rows[t]:
-        for seed in seeds:
-          unique.setdefault((d, canonical(resolve(flags, d)), seed), (d, name))
+        key = setting.setdefault((d, tuple(flags)), (d, canonical(resolve(flags, d))))
+        folder.setdefault(key, slug(name))
+  unique = dict.fromkeys(setting[(d, tuple(flags))] + (seed,) for d in datasets
+                         for t in tables for _, flags in table_rows[t] for seed in seeds)
   results: dict = {}
   t0 = time.time()
   tty = sys.stderr.isatty()
@@ -289,8 +290,8 @@ def main(argv=None) -> int:
       doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
                                   f"--datasets={d} --seeds={args.seeds}"
                                   + (f" --rows='{args.rows}'" if only else ""))
-      by_name = {name: {seed: results[(d, canonical(resolve(flags, d)), seed)] for seed in seeds
-                        if (d, canonical(resolve(flags, d)), seed) in results}
+      by_name = {name: {seed: results[setting[(d, tuple(flags))] + (seed,)] for seed in seeds
+                        if setting[(d, tuple(flags))] + (seed,) in results}
                  for name, flags in table_rows[t]}
       missing = [name for name, runs in by_name.items() if len(runs) < len(seeds)]
       if missing:

@@ -106,6 +106,15 @@ class Config:
     return REGISTRY[self.method].default_window if self.window == "auto" else self.window
 
   @property
+  def resolved_threshold(self) -> float:
+    """K of Eq. 11: --threshold, else the paper's 0.04 (0.05 for --inforeg.variant=official)."""
+    from inforeg_jax.regulation import OFFICIAL_THRESHOLD, PAPER_THRESHOLD  # JAX: not at import
+    if self.threshold is not None:
+      return self.threshold
+    official = self.method.startswith("inforeg") and self.inforeg.variant == "official"
+    return OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
+
+  @property
   def resolved_data_dir(self) -> str:
     return self.data_dir or os.path.join("data", self.dataset)
 

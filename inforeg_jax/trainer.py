@@ -40,7 +40,6 @@ from inforeg_jax.config import Config, config_differences, from_dict
 from inforeg_jax.data import Dataset, load_dataset, pipeline, select_modalities
 from inforeg_jax.labels import modality_labels, resolve_labels
 from inforeg_jax.methods.base import Method, Setup
-from inforeg_jax.regulation import PAPER_THRESHOLD, OFFICIAL_THRESHOLD
 from inforeg_jax.reporting import Reporter
 from inforeg_jax.train import (TrainState, create_state, make_eval_step, make_predict,
                                make_train_step)
@@ -59,13 +58,6 @@ def make_optimizer(cfg: Config, method: Method, labels, steps_per_epoch: int):
        for k in range(1, cfg.epochs // cfg.lr_step_epochs + 1)})
   return optax.chain(*method.transforms(labels), optax.add_decayed_weights(cfg.weight_decay),
                      optax.sgd(schedule, cfg.momentum))
-
-
-def window_threshold(cfg: Config) -> float:
-  if cfg.threshold is not None:
-    return cfg.threshold
-  official = cfg.method.startswith("inforeg") and cfg.inforeg.variant == "official"
-  return OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
 
 
 def to_global(batch, sharding):  # pragma: no mutate
@@ -99,7 +91,7 @@ def build_program(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh) -> 
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   setup = Setup(modalities=dataset.modalities, num_classes=dataset.num_classes,
                 steps_per_epoch=steps_per_epoch, window=cfg.resolved_window,
-                threshold=window_threshold(cfg), seed=cfg.seed)
+                threshold=cfg.resolved_threshold, seed=cfg.seed)
   method = methods.get(cfg.method)(cfg, setup)
   model = method.build_model(dataset)
   example = {m: jnp.zeros((2,) + v.shape[1:], v.dtype) for m, v in dataset.train.items()
@@ -272,8 +264,8 @@ def restore(cfg: Config, mngr, state):
 
 class StopAtStep:
   """Ctrl-C (SIGINT) stops the run at the next step boundary, never inside a checkpoint
-  write or a library's worker threads (orbax interrupted mid-save can leave a thread that
-  keeps the process alive); a second Ctrl-C stops at once. Outside the main thread it
+  write or a library's worker threads (suspected, not reproduced, of keeping a process alive
+  after Ctrl-C in a loaded suite); a second Ctrl-C stops at once. Outside the main thread it
   changes nothing. ``restore()`` puts the previous handler back."""
 
   def __init__(self):

@@ -57,11 +57,11 @@ def test_weight_decay_and_momentum_follow_the_method_transforms():
 
 
 def test_window_threshold():
-  assert trainer.window_threshold(make_config(threshold=0.07)) == 0.07
-  assert trainer.window_threshold(make_config(method="inforeg")) == PAPER_THRESHOLD
+  assert make_config(threshold=0.07).resolved_threshold == 0.07
+  assert make_config(method="inforeg").resolved_threshold == PAPER_THRESHOLD
   official = make_config(method="inforeg", **{"inforeg.variant": "official"})
-  assert trainer.window_threshold(official) == OFFICIAL_THRESHOLD
-  assert trainer.window_threshold(make_config(method="ogm_ge")) == PAPER_THRESHOLD
+  assert official.resolved_threshold == OFFICIAL_THRESHOLD
+  assert make_config(method="ogm_ge").resolved_threshold == PAPER_THRESHOLD
   assert PAPER_THRESHOLD != OFFICIAL_THRESHOLD
 
 

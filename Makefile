@@ -23,8 +23,11 @@ test: $(STAMP)
 mutate: $(STAMP)
 	$(PY) -m tests.mutate
 
-results: $(STAMP)  # Tables 2/3 on AV-MNIST (prepared from ../shared/data) and the synthetic data
-	$(PY) -m experiments.results --tables=methods --datasets=avmnist,synthetic --jobs=2
+TABLES ?= methods
+# Tables 2/3 on AV-MNIST (prepared from ../shared/data) and the synthetic data; the others by
+# name: make results TABLES=options,epochs,window,fusion,beta,threshold
+results: $(STAMP)
+	$(PY) -m experiments.results --tables=$(TABLES) --datasets=avmnist,synthetic --jobs=2
 
 clean:
 	rm -rf $(VENV) runs

@@ -9,8 +9,9 @@ seeds, and writes what a reader needs to check or extend them:
 - ``docs/results/<dataset>_<table>.md``: the table in Markdown.
 
 Tables (``--tables``; ``make results`` runs ``methods``):
-- ``methods``: Tables 2 and 3, every method (fused and per-modality accuracy); the unimodal
-  baselines; InfoReg's two window options beside the paper's rule;
+- ``methods``: Tables 2 and 3, every method (fused and per-modality accuracy) and the
+  unimodal baselines;
+- ``options``: InfoReg's two window options (``--inforeg.criterion``) beside the paper's rule;
 - ``epochs``: Table 1, joint training for E and 2E epochs against InfoReg for E;
 - ``window``: Table 4, OGM-GE, AGM, PMR and InfoReg over the whole run, inside and outside
   the prime learning window;
@@ -49,12 +50,13 @@ METHODS_T3 = ("joint_uni", "gblending", "mmpareto", "inforeg_uni")  # with unimo
 def rows(table: str) -> list[tuple[str, list[str]]]:
   """(row name, run flags) of a table."""
   if table == "methods":
-    out = [(m, [f"--method={m}"]) for m in METHODS_T2 + METHODS_T3]
-    out += [("inforeg criterion=bounded", ["--method=inforeg", "--inforeg.criterion=bounded"]),
-            ("inforeg criterion=trend", ["--method=inforeg", "--inforeg.criterion=trend"]),
-            ("audio alone", ["--method=joint", "--modalities=audio"]),
-            ("visual alone", ["--method=joint", "--modalities=visual"])]
-    return out
+    return [(m, [f"--method={m}"]) for m in METHODS_T2 + METHODS_T3] + [
+        ("audio alone", ["--method=joint", "--modalities=audio"]),
+        ("visual alone", ["--method=joint", "--modalities=visual"])]
+  if table == "options":
+    return [("joint", ["--method=joint"]), ("inforeg", ["--method=inforeg"])] + [
+        (f"inforeg criterion={c}", ["--method=inforeg", f"--inforeg.criterion={c}"])
+        for c in ("bounded", "trend")]
   if table == "epochs":
     return [("joint E", ["--method=joint"]), ("joint 2E", ["--method=joint", "EPOCHS2"]),
             ("inforeg E", ["--method=inforeg"])]
@@ -73,7 +75,7 @@ def rows(table: str) -> list[tuple[str, list[str]]]:
   raise SystemExit(f"error: --tables: unknown table {table!r}")
 
 
-TABLES = ("methods", "epochs", "window", "fusion", "beta", "threshold")
+TABLES = ("methods", "options", "epochs", "window", "fusion", "beta", "threshold")
 
 
 def resolve(flags: list[str], dataset: str) -> list[str]:
@@ -112,12 +114,18 @@ def slug(name: str) -> str:
   return name.replace(" ", "_").replace("=", "-")
 
 
-def run_one(flags: list[str], seed: int, workdir: str, single_thread: bool) -> dict:
-  """One seed of a row: read back when finished, else run (resuming) and read back."""
+def run_one(flags: list[str], seed: int, workdir: str, single_thread: bool,
+            compile_cache: str | None = None) -> dict:
+  """One seed of a row: read back when finished, else run (resuming) and read back. Runs
+  share JAX's persistent ``compile_cache``: a row's other seeds skip compiling its steps
+  (the same executables, so the same numbers)."""
   summary = os.path.join(workdir, "summary.json")
   if os.path.exists(summary):
     return read_summary(summary, seed)
   env = dict(os.environ)
+  if compile_cache:
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(compile_cache))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   if single_thread:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                         "intra_op_parallelism_threads=1").strip()
@@ -268,7 +276,8 @@ def main(argv=None) -> int:
     futures = {}
     for (d, flags, seed) in unique:
       workdir = workdirs[(d, flags, seed)]
-      futures[pool.submit(run_one, list(flags), seed, workdir, args.jobs > 1)] = (d, flags, seed)
+      futures[pool.submit(run_one, list(flags), seed, workdir, args.jobs > 1,
+                          os.path.join(args.out, ".jax_cache"))] = (d, flags, seed)
     for f in concurrent.futures.as_completed(futures):
       results[futures[f]] = r = f.result()
       bar.update()

@@ -155,8 +155,6 @@ class Loop:  # pragma: no mutate
 
   def evaluate(self, state, arrays) -> dict[str, float]:
     """Fused and per-modality accuracy and loss, and the macro-F1 of the fused prediction."""
-    from sklearn.metrics import f1_score  # imported where used: a second of every start
-
     sums, preds = None, []
     for batch in pipeline.eval_batches(arrays, self.cfg.eval_batch_size, jax.process_index(),
                                        jax.process_count()):
@@ -168,7 +166,7 @@ class Loop:  # pragma: no mutate
     metrics = {k: float(v / n) for k, v in sums.items()}
     pred = np.concatenate([np.asarray(multihost.process_allgather(p, tiled=True))
                            for p in preds])[:pipeline.num_examples(arrays)]
-    metrics["f1_macro"] = float(f1_score(np.asarray(arrays["label"]), pred, average="macro"))
+    metrics["f1_macro"] = macro_f1(np.asarray(arrays["label"]), pred)
     return metrics
 
   def predict_batches(self, state, epoch: int, num_batches: int, augment: bool = False):
@@ -179,6 +177,18 @@ class Loop:  # pragma: no mutate
         return
       rng = jax.random.fold_in(self.step_rng, 2**30 + i) if augment else None
       yield self.program.predict(state, batch, rng), batch["label"]
+
+
+def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
+  """Unweighted mean over the classes that occur in ``labels`` or ``pred`` of each class's
+  F1 = 2 TP / (2 TP + FP + FN): scikit-learn's ``f1_score(average="macro")``, computed as it
+  does, without its import (~2 s of every run's start)."""
+  classes, inverse = np.unique(np.concatenate([labels, pred]), return_inverse=True)
+  true, hat = inverse[:len(labels)], inverse[len(labels):]
+  tp = np.bincount(true[true == hat], minlength=len(classes)).astype(np.float64)
+  true_sum = np.bincount(true, minlength=len(classes)).astype(np.float64)
+  pred_sum = np.bincount(hat, minlength=len(classes)).astype(np.float64)
+  return float(np.mean(2 * tp / (true_sum + pred_sum)))
 
 
 # ---------------------------------------------------------------- workdir and resume

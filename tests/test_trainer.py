@@ -108,6 +108,19 @@ def test_summary_reports_final_validation_selected_and_best_test():
   assert s["selected"]["by"] == "acc" and s["selected"]["epoch"] == 1
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_macro_f1_is_scikit_learns(seed):
+  """Our F1 (computed without importing scikit-learn) against scikit-learn's, bit for bit,
+  including classes only predicted, classes never predicted and a single class."""
+  from sklearn.metrics import f1_score
+  rng = np.random.default_rng(seed)
+  n, k = int(rng.integers(1, 300)), int(rng.integers(1, 12))
+  labels = rng.integers(0, k, n)
+  pred = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k + 2, n))
+  assert trainer.macro_f1(labels, pred) == f1_score(labels, pred, average="macro",
+                                                    zero_division=0)
+
+
 def test_prepare_workdir(tmp_path):
   workdir = str(tmp_path / "run")
   assert trainer.prepare_workdir(make_config(workdir=workdir)) == workdir

@@ -115,3 +115,17 @@ def test_canonical_drops_only_restated_defaults():
   flags = results.resolve(["--method=ogm_ge", "--window=whole", "--fusion=concat",
                            "--epochs=7"], "synthetic")
   assert results.canonical(flags) == ("--dataset=synthetic", "--method=ogm_ge", "--epochs=7")
+
+
+def test_runs_sharing_the_compile_cache_give_the_same_numbers(tmp_path, monkeypatch):
+  """Real runs (tiny): the second seed-0 run loads the first's executables from the shared
+  persistent cache and must reproduce its metrics exactly."""
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # conftest's, for the suite
+  flags = ["--dataset=synthetic", "--tiny", "--epochs=1", "--method=inforeg"]
+  cache = tmp_path / "cache"
+  first = results.run_one(flags, 0, str(tmp_path / "a"), True, str(cache))
+  cached = set(os.listdir(cache))
+  assert any(name.startswith("jit_train_step") for name in cached)
+  second = results.run_one(flags, 0, str(tmp_path / "b"), True, str(cache))
+  assert set(os.listdir(cache)) == cached  # nothing compiled anew
+  assert first["final"] == second["final"] and first["selected"] == second["selected"]

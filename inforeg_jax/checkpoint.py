@@ -43,6 +43,17 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
       mngr.delete(step)
 
 
+def latest_loop(mngr: ocp.CheckpointManager) -> dict | None:
+  """The loop JSON of the latest checkpoint whose JSON can be read (None when none can):
+  cheap, no state is read, so a run can be checked before it builds anything."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
+    except Exception:  # damaged: restore_latest reports it
+      continue
+  return None
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
                    log: Callable[[str], None] = print,
                    check: Callable[[dict], None] | None = None):

@@ -244,24 +244,40 @@ def check_shared_workdir(workdir: str) -> None:  # pragma: no mutate
                    "files): give every process the same directory on a shared filesystem")
 
 
+def check_resumable(cfg: Config, loop: dict) -> None:
+  """Refuses to resume a checkpoint (its ``loop`` JSON) under another config or with fewer
+  epochs than it has done."""
+  changed = config_differences(from_dict(loop["config"]), cfg)
+  if changed:
+    raise RunError("--resume with a different config: " + ", ".join(changed)
+                   + " (only --epochs and the output/eval settings may change)")
+  done = loop["history"][-1]["epoch"] + 1
+  if cfg.epochs < done:
+    raise RunError(f"--resume --epochs={cfg.epochs}, but the checkpoint has finished {done} "
+                   f"epochs: pass --epochs >= {done}")
+
+
+def check_resume_early(cfg: Config, workdir: str) -> None:
+  """`check_resumable` on the latest checkpoint before any data is loaded or compiled."""
+  if not cfg.resume or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  mngr = checkpoint.manager(workdir)
+  try:
+    loop = checkpoint.latest_loop(mngr)
+  finally:
+    mngr.close()
+  if loop is not None:
+    check_resumable(cfg, loop)
+
+
 def restore(cfg: Config, mngr, state):
   """(state, loop JSON) from the latest readable checkpoint, checked against ``cfg``; or
   None for a fresh run."""
   if not cfg.resume:
     return None
-
-  def check(loop):
-    changed = config_differences(from_dict(loop["config"]), cfg)
-    if changed:
-      raise RunError("--resume with a different config: " + ", ".join(changed)
-                     + " (only --epochs and the output/eval settings may change)")
-    done = loop["history"][-1]["epoch"] + 1
-    if cfg.epochs < done:
-      raise RunError(f"--resume --epochs={cfg.epochs}, but the checkpoint has finished {done} "
-                     f"epochs: pass --epochs >= {done}")
-
   try:
-    restored = checkpoint.restore_latest(mngr, state, log=print, check=check)
+    restored = checkpoint.restore_latest(mngr, state, log=print,
+                                         check=lambda loop: check_resumable(cfg, loop))
   except checkpoint.CheckpointError as e:
     raise RunError(f"--resume: {e}; start afresh with --overwrite") from None
   if restored is None:
@@ -366,6 +382,7 @@ def train(cfg: Config, dataset: Dataset | None = None, progress: bool | None = N
   """Trains ``cfg``; returns the summary it also writes to ``<workdir>/summary.json``."""
   workdir = prepare_workdir(cfg)
   check_shared_workdir(workdir)
+  check_resume_early(cfg, workdir)
   mesh = make_mesh()
   for flag in ("batch_size", "eval_batch_size"):
     if getattr(cfg, flag) % jax.device_count():

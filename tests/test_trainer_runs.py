@@ -55,10 +55,15 @@ def test_tiny_run_rows_and_a_resume_that_matches_a_straight_run(tmp_path):
   for key in ("acc", "val_acc", "train_loss", "trace_audio", "alpha_visual"):
     assert [r[key] for r in again] == pytest.approx([r[key] for r in history], rel=1e-5), key
   assert resumed["final"] == pytest.approx(straight["final"], rel=1e-5)
-  # a resume with another setting is refused before anything is trained
-  with pytest.raises(trainer.RunError, match="learning_rate"):
-    trainer.train(tiny(tmp_path / "b", resume=True, learning_rate=0.5,
-                       **{"inforeg.warmup_epochs": 1}), tiny_dataset(), progress=False)
+  # a resume with another setting is refused before any data is loaded or step compiled
+  def never(*args, **kwargs):
+    raise AssertionError("reached after a refused --resume")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(trainer, "load_dataset", never)
+    mp.setattr(trainer, "build_program", never)
+    with pytest.raises(trainer.RunError, match="learning_rate"):
+      trainer.train(tiny(tmp_path / "b", resume=True, learning_rate=0.5,
+                         **{"inforeg.warmup_epochs": 1}), progress=False)
   with pytest.raises(trainer.RunError, match="--epochs >= 3"):
     trainer.train(tiny(tmp_path / "b", resume=True, epochs=2, **{"inforeg.warmup_epochs": 1}),
                   tiny_dataset(), progress=False)

@@ -3,7 +3,9 @@
 ``--mode=step``: times the jitted joint and InfoReg training steps at the paper's CREMA-D
 shapes (batch 64, two ResNet-18, 3 frames of uint8 frames cropped on the device to 224 x 224,
 audio 257 x 188) in fp32 and bf16 compute, and prints samples/s and model FLOP utilisation
-(FLOPs from XLA's cost analysis of the compiled step, over the device's peak).
+(FLOPs from XLA's cost analysis of the compiled step, over the device's peak). With
+``--dataset=synthetic`` or ``--data_dir`` it times the dataset's own preset on its first
+batch instead (``--width``/``--stem_stride`` override the preset's encoder).
 ``--mode=input``: times the grain input pipeline over prepared records (real ones with
 ``--data_dir``, else records of the real shapes written to a temporary folder), samples/s,
 against the per-example grain recipe (read, shuffle, stack) on the same records.
@@ -24,7 +26,7 @@ import jax
 import numpy as np
 
 from inforeg_jax.config import make_config
-from inforeg_jax.data import Dataset
+from inforeg_jax.data import Dataset, load_dataset
 from inforeg_jax.data.augment import frames_preprocess
 from inforeg_jax.trainer import build_program, make_mesh, to_global
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -60,7 +62,13 @@ def peak_flops() -> float | None:
 def bench_step(args) -> list[dict]:
   rng = np.random.default_rng(0)
   batch_size = args.batch_size or (8 if args.tiny else 64)
-  ds = fake_dataset(args.dataset, batch_size, args.tiny, rng)
+  if args.dataset in SHAPES and not args.data_dir:
+    ds = fake_dataset(args.dataset, batch_size, args.tiny, rng)
+  else:  # the dataset's own examples: the first batch of its training split
+    ds = load_dataset(args.dataset, args.data_dir)
+    first = {k: np.asarray(v[:batch_size]) for k, v in ds.train.items()}
+    ds = dataclasses.replace(ds, train=first, test=first, val=None)
+  encoder = {k: v for k, v in (("width", args.width), ("stem_stride", args.stem_stride)) if v}
   mesh = make_mesh()
   data = NamedSharding(mesh, P("data"))
   batch = to_global({"inputs": {k: v for k, v in ds.train.items() if k != "label"},
@@ -69,7 +77,7 @@ def bench_step(args) -> list[dict]:
   for dtype in args.dtypes.split(","):
     for method in args.methods.split(","):
       cfg = make_config(args.dataset, tiny=args.tiny, method=method, compute_dtype=dtype,
-                        batch_size=batch_size, window="whole",
+                        batch_size=batch_size, window="whole", **encoder,
                         **{"inforeg.warmup_epochs": 0})
       program = build_program(cfg, ds, steps_per_epoch=1000, mesh=mesh)
       state, step, key = program.state, program.train_step, jax.random.key(0)
@@ -86,7 +94,8 @@ def bench_step(args) -> list[dict]:
       jax.block_until_ready(state)
       dt = (time.perf_counter() - t0) / args.steps
       peak = peak_flops()
-      rows.append({"method": method, "compute_dtype": dtype, "batch_size": batch_size,
+      rows.append({"dataset": args.dataset, "method": method, "compute_dtype": dtype,
+                   "batch_size": batch_size,
                    "step_ms": round(dt * 1e3, 3), "samples_per_s": round(batch_size / dt, 1),
                    "step_gflop": round(flops / 1e9, 2),
                    "mfu": round(flops / dt / peak, 4) if peak and flops else None,
@@ -142,17 +151,22 @@ def per_example_batches(arrays, batch_size: int, threads: int):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
   p.add_argument("--mode", choices=["step", "input"], default="step")
-  p.add_argument("--dataset", choices=sorted(SHAPES), default="cremad")
+  p.add_argument("--dataset", choices=sorted({*SHAPES, "synthetic", "avmnist"}),
+                 default="cremad")
   p.add_argument("--methods", default="joint,inforeg")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch_size", type=int, default=0)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--threads", type=int, default=2)
-  p.add_argument("--data_dir", default="")
+  p.add_argument("--data_dir", default="", help="prepared records (required for avmnist)")
+  p.add_argument("--width", type=int, default=0, help="step mode: encoder width (0: preset)")
+  p.add_argument("--stem_stride", type=int, default=0, help="step mode: (0: preset)")
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
+  if args.dataset not in SHAPES and args.dataset != "synthetic" and not args.data_dir:
+    p.error(f"--dataset={args.dataset} needs --data_dir (prepared by data_prep.{args.dataset})")
   rows = bench_step(args) if args.mode == "step" else bench_input(args)
   meta = {"command": "python -m experiments.bench " + " ".join(argv or sys.argv[1:]),
           "date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,

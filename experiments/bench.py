@@ -161,12 +161,14 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--data_dir", default="", help="prepared records (required for avmnist)")
   p.add_argument("--width", type=int, default=0, help="step mode: encoder width (0: preset)")
-  p.add_argument("--stem_stride", type=int, default=0, help="step mode: (0: preset)")
+  p.add_argument("--stem_stride", type=int, default=0, help="step mode: small_cnn's first-convolution stride (0: preset)")
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  if args.dataset not in SHAPES and args.dataset != "synthetic" and not args.data_dir:
-    p.error(f"--dataset={args.dataset} needs --data_dir (prepared by data_prep.{args.dataset})")
+  built_in = args.dataset == "synthetic" and args.mode == "step"  # input mode reads records
+  if args.dataset not in SHAPES and not built_in and not args.data_dir:
+    p.error(f"--mode={args.mode} --dataset={args.dataset} needs --data_dir (prepared by "
+            f"data_prep.{args.dataset})")
   rows = bench_step(args) if args.mode == "step" else bench_input(args)
   meta = {"command": "python -m experiments.bench " + " ".join(argv or sys.argv[1:]),
           "date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,

@@ -22,7 +22,8 @@ def test_step_bench_times_a_datasets_own_preset(tmp_path):
   assert meta["rows"][0]["step_ms"] > 0 and meta["args"]["width"] == 6
 
 
-def test_step_bench_needs_data_dir_for_prepared_datasets(capsys):
+@pytest.mark.parametrize("mode,dataset", [("step", "avmnist"), ("input", "synthetic")])
+def test_bench_needs_data_dir_without_built_in_data(mode, dataset, capsys):
   with pytest.raises(SystemExit):
-    bench.main(["--mode=step", "--dataset=avmnist"])
+    bench.main([f"--mode={mode}", f"--dataset={dataset}"])
   assert "needs --data_dir" in capsys.readouterr().err

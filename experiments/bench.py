@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from inforeg_jax.config import make_config
+from inforeg_jax.config import DATASETS, make_config
 from inforeg_jax.data import Dataset, load_dataset
 from inforeg_jax.data.augment import frames_preprocess
 from inforeg_jax.trainer import build_program, make_mesh, to_global
@@ -95,7 +95,7 @@ def bench_step(args) -> list[dict]:
       dt = (time.perf_counter() - t0) / args.steps
       peak = peak_flops()
       rows.append({"dataset": args.dataset, "method": method, "compute_dtype": dtype,
-                   "batch_size": batch_size,
+                   "batch_size": batch_size, "width": cfg.width, "stem_stride": cfg.stem_stride,
                    "step_ms": round(dt * 1e3, 3), "samples_per_s": round(batch_size / dt, 1),
                    "step_gflop": round(flops / 1e9, 2),
                    "mfu": round(flops / dt / peak, 4) if peak and flops else None,
@@ -151,15 +151,14 @@ def per_example_batches(arrays, batch_size: int, threads: int):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
   p.add_argument("--mode", choices=["step", "input"], default="step")
-  p.add_argument("--dataset", choices=sorted({*SHAPES, "synthetic", "avmnist"}),
-                 default="cremad")
+  p.add_argument("--dataset", choices=DATASETS, default="cremad")
   p.add_argument("--methods", default="joint,inforeg")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch_size", type=int, default=0)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--threads", type=int, default=2)
-  p.add_argument("--data_dir", default="", help="prepared records (required for avmnist)")
+  p.add_argument("--data_dir", default="", help="prepared records (required for avmnist and mosi)")
   p.add_argument("--width", type=int, default=0, help="step mode: encoder width (0: preset)")
   p.add_argument("--stem_stride", type=int, default=0, help="step mode: small_cnn's first-convolution stride (0: preset)")
   p.add_argument("--tiny", action="store_true")

@@ -20,6 +20,7 @@ def test_step_bench_times_a_datasets_own_preset(tmp_path):
   meta = json.loads(out.read_text())
   assert [(r["dataset"], r["method"]) for r in meta["rows"]] == [("synthetic", "joint")]
   assert meta["rows"][0]["step_ms"] > 0 and meta["args"]["width"] == 6
+  assert meta["rows"][0]["width"] == 6  # the config the step was built from, not just the flag
 
 
 @pytest.mark.parametrize("mode,dataset", [("step", "avmnist"), ("input", "synthetic")])

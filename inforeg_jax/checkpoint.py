@@ -56,11 +56,13 @@ def latest_loop(mngr: ocp.CheckpointManager) -> dict | None:
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
                    log: Callable[[str], None] = print,
-                   check: Callable[[dict], None] | None = None):
+                   check: Callable[[dict], None] | None = None, prune: bool = True):
   """(state, loop) of the latest readable checkpoint, laid out like ``abstract_state``
   (whose shardings may come from another device count), or None when there is none; a
   `CheckpointError` when there are some and none can be read. ``check(loop)`` sees a
-  checkpoint's loop JSON before its state is read (and may raise to refuse it)."""
+  checkpoint's loop JSON before its state is read (and may raise to refuse it). With
+  ``prune`` (a run that goes on from here) the unreadable later checkpoints are deleted;
+  without it (an analysis) nothing is."""
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
   skipped = []
   for step in sorted(mngr.all_steps(), reverse=True):
@@ -77,11 +79,13 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
     except Exception as e:
       skipped.append(f"checkpoint {step} ({type(e).__name__})")
       continue
-    if skipped:  # the run continues from ``step``: the unreadable later ones are replaced
+    if skipped and prune:  # the run continues from ``step``: the unreadable later ones go
       for bad in mngr.all_steps():
         if bad > step:
           mngr.delete(bad)
       log(f"could not read {', '.join(skipped)} (removed); resuming from checkpoint {step}")
+    elif skipped:
+      log(f"could not read {', '.join(skipped)}; using checkpoint {step}")
     return state, loop
   if skipped:
     raise CheckpointError(f"could not read {', '.join(skipped)}: no readable checkpoint in "

@@ -35,6 +35,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from inforeg_jax.data.dataset import Dataset
+
 FORMAT = 2
 MANIFEST = "manifest.json"
 STAMP = ".verified.json"
@@ -393,7 +395,6 @@ def verify(data_dir: str, manifest: Mapping, name: str) -> dict[str, dict[str, n
 def load_prepared(name: str, data_dir: str):
   """The prepared dataset in ``data_dir`` as a `Dataset`, checked against its manifest; a
   MissingDataError naming the ``data_prep`` command to run, or a `DataError` naming the file."""
-  from inforeg_jax.data import Dataset
   from inforeg_jax.data.augment import frames_preprocess
 
   manifest = read_manifest(data_dir, name=name) if data_dir and os.path.isdir(data_dir) else None
@@ -412,4 +413,15 @@ def load_prepared(name: str, data_dir: str):
     preprocess = frames_preprocess(frames[0], manifest["frame_crop"],
                                    frames_per_sample=manifest.get("frames_per_sample"))
   return Dataset(name, splits["train"], splits["test"], manifest["num_classes"], kinds,
-                 preprocess, val=splits.get("val"))
+                 preprocess, val=splits.get("val"), identity=identity(manifest))
+
+
+def identity(manifest: Mapping) -> dict:
+  """What a prepared dataset is, in two fields a checkpoint can record: the manifest's
+  version folder and one sha256 over its files' checksums (and the options they were made
+  with), so that data re-prepared in place with other options is told apart."""
+  files = manifest.get("files", {})
+  digest = hashlib.sha256(json.dumps(
+      {"files": {k: v.get("sha256") for k, v in sorted(files.items())},
+       "options": manifest.get("options")}, sort_keys=True, default=str).encode()).hexdigest()
+  return {"version": manifest.get("version"), "sha256": digest}

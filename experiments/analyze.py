@@ -24,24 +24,67 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+try:
+  import jax
+  import jax.numpy as jnp
+  import matplotlib
 
-from inforeg_jax import checkpoint  # noqa: E402
-from inforeg_jax.config import from_dict, make_config  # noqa: E402
-from inforeg_jax.data import load_dataset, pipeline, select_modalities  # noqa: E402
-from inforeg_jax.train import cross_entropy  # noqa: E402
-from inforeg_jax.trainer import build_program, make_mesh  # noqa: E402
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from inforeg_jax import checkpoint
+  from inforeg_jax.config import from_dict, make_config
+  from inforeg_jax.data import load_dataset, pipeline, select_modalities
+  from inforeg_jax.data.records import MissingDataError
+  from inforeg_jax.train import cross_entropy
+  from inforeg_jax.trainer import build_program, make_mesh
+except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
+  if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
+    raise
+  raise SystemExit("error: experiments.analyze needs the [train] extra: "
+                   "pip install -e '.[train]'") from None
 
 
 def read_rows(run: str) -> list[dict]:
-  with open(os.path.join(run, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  """The run's metrics.jsonl, a dict per epoch; one ``error:`` line when it cannot be used."""
+  path = os.path.join(run, "metrics.jsonl")
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except OSError as e:
+    raise SystemExit(f"error: cannot read {path}: {e.strerror} (is {run} a run folder?)") from None
+  rows = []
+  for i, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if not isinstance(row, dict) or "epoch" not in row:
+      raise SystemExit(f"error: {path}: line {i} is not an epoch's JSON (truncated or damaged); "
+                       "rerun that run with --resume")
+    rows.append(row)
+  if not rows:
+    raise SystemExit(f"error: {path} holds no epoch yet")
+  return rows
+
+
+def read_summary(run: str) -> dict | None:
+  """The run's summary.json (None when there is none: a run not finished)."""
+  path = os.path.join(run, "summary.json")
+  try:
+    with open(path) as f:
+      s = json.load(f)
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    raise SystemExit(f"error: cannot read {path}: {e.strerror}") from None
+  except ValueError as e:
+    raise SystemExit(f"error: {path} is not valid JSON (truncated or damaged: {e})") from None
+  if not isinstance(s, dict) or not isinstance(s.get("config"), dict):
+    raise SystemExit(f"error: {path} is not a run's summary (no config)")
+  return s
 
 
 def save(out: str, fig, numbers: dict) -> None:
@@ -56,10 +99,8 @@ def save(out: str, fig, numbers: dict) -> None:
 
 def run_label(run: str) -> str:
   """method (modalities) seed k, from the run's summary (its folder name otherwise)."""
-  try:
-    with open(os.path.join(run, "summary.json")) as f:
-      s = json.load(f)
-  except OSError:
+  s = read_summary(run)
+  if s is None:
     return os.path.basename(os.path.normpath(run))
   mods = s["config"].get("modalities")
   group = s["method"].split("_")[0]  # inforeg_uni's options are inforeg's
@@ -130,16 +171,40 @@ def windows(runs: list[str], out: str) -> dict:
   return numbers
 
 
-def load_run(run: str):
-  """(cfg, dataset, program with the latest checkpoint's state)."""
-  with open(os.path.join(run, "summary.json")) as f:
-    cfg = from_dict({**json.load(f)["config"], "workdir": run})
-  dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir, cfg.seed)
-  if cfg.modalities:
-    dataset = select_modalities(dataset, cfg.modalities.split(","))
+def load_run(run: str, modality: str):
+  """(cfg, dataset, program with the latest checkpoint's state), read only: nothing is
+  written into ``run`` (a damaged checkpoint is skipped, not deleted)."""
+  s = read_summary(run)
+  if s is None:
+    raise SystemExit(f"error: {run} has no summary.json (not a finished run folder; analyses "
+                     "need the run's config)")
+  try:
+    cfg = from_dict({**s["config"], "workdir": run})
+  except (ValueError, TypeError) as e:
+    raise SystemExit(f"error: {run}/summary.json: its config is not this version's ({e})") from None
+  if not os.path.isdir(os.path.join(run, "checkpoints")):
+    raise SystemExit(f"error: {run} has no checkpoints/ folder")
+  try:
+    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir, cfg.seed)
+    if cfg.modalities:
+      dataset = select_modalities(dataset, cfg.modalities.split(","))
+  except (MissingDataError, ValueError) as e:
+    raise SystemExit(f"error: {run}'s data: {e}") from None
+  if modality not in dataset.modalities:
+    raise SystemExit(f"error: --modality={modality}: {run} has {', '.join(dataset.modalities)}")
+  if cfg.limit_train:  # the run's own training examples
+    dataset = dataclasses.replace(
+        dataset, train={k: v[:cfg.limit_train] for k, v in dataset.train.items()})
   program = build_program(cfg, dataset, pipeline.steps_per_epoch(dataset.train, cfg.batch_size),
                           make_mesh())
-  restored = checkpoint.restore_latest(checkpoint.manager(run), program.state)
+  mngr = checkpoint.manager(run)
+  try:
+    restored = checkpoint.restore_latest(mngr, program.state, prune=False,
+                                         log=lambda m: print(m, file=sys.stderr))
+  except checkpoint.CheckpointError as e:
+    raise SystemExit(f"error: {e}") from None
+  finally:
+    mngr.close()
   if restored is None:
     raise SystemExit(f"error: {run} has no checkpoint")
   return cfg, dataset, dataclasses.replace(program, state=restored[0])
@@ -158,7 +223,13 @@ def forward(program, dataset, params, batch, train: bool):
 
 
 def gradcos(run: str, modality: str, batches: int, out: str) -> dict:
-  cfg, dataset, program = load_run(run)
+  if batches < 2:
+    raise SystemExit(f"error: --batches={batches}: a cosine across batches needs at least 2")
+  cfg, dataset, program = load_run(run, modality)
+  available = pipeline.num_examples(dataset.train) // cfg.batch_size
+  if available < batches:
+    raise SystemExit(f"error: --batches={batches}: {run}'s training split has {available} "
+                     f"batches of {cfg.batch_size}; pass --batches={available} or fewer")
 
   @jax.jit
   def grad_vector(batch):
@@ -188,9 +259,14 @@ def gradcos(run: str, modality: str, batches: int, out: str) -> dict:
 
 
 def tsne(run: str, modality: str, limit: int, out: str) -> dict:
-  from sklearn.manifold import TSNE
-
-  cfg, dataset, program = load_run(run)
+  try:
+    from sklearn.manifold import TSNE
+  except ModuleNotFoundError:
+    raise SystemExit("error: experiments.analyze tsne needs the [analysis] extra: "
+                     "pip install -e '.[analysis]'") from None
+  if limit < 5:
+    raise SystemExit(f"error: --limit={limit}: t-SNE needs at least 5 examples")
+  cfg, dataset, program = load_run(run, modality)
 
   @jax.jit
   def features(batch):
@@ -216,9 +292,14 @@ def tsne(run: str, modality: str, limit: int, out: str) -> dict:
 def curve(results_json: str, table: str, out: str) -> dict:
   """Figs. 7/8: fused and per-modality final accuracy against the swept value of a table of
   ``experiments.results`` (rows named ``... name=value``), joint training's as reference."""
-  with open(results_json) as f:
-    doc = json.load(f)
-  if table not in doc.get("tables", {}) or not doc["tables"][table]:
+  try:
+    with open(results_json) as f:
+      doc = json.load(f)
+  except OSError as e:
+    raise SystemExit(f"error: cannot read {results_json}: {e.strerror}") from None
+  except ValueError as e:
+    raise SystemExit(f"error: {results_json} is not valid JSON ({e})") from None
+  if not isinstance(doc, dict) or table not in doc.get("tables", {}) or not doc["tables"][table]:
     raise SystemExit(f"error: {results_json} has no finished {table!r} table: run "
                      f"python -m experiments.results --tables={table} first")
   rows = doc["tables"][table]

@@ -26,10 +26,20 @@ import jax
 import numpy as np
 
 from inforeg_jax.config import DATASETS, make_config
-from inforeg_jax.data import Dataset, load_dataset
-from inforeg_jax.data.augment import frames_preprocess
-from inforeg_jax.trainer import build_program, make_mesh, to_global
+from inforeg_jax.methods import NAMES as METHOD_NAMES
+
+try:  # orbax, tqdm, matplotlib, ...: the [train] extra
+  from inforeg_jax.data import Dataset, load_dataset
+  from inforeg_jax.data.augment import frames_preprocess
+  from inforeg_jax.trainer import build_program, make_mesh, to_global
+except ModuleNotFoundError as e:
+  if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
+    raise
+  raise SystemExit("error: experiments.bench needs the [train] extra: "
+                   "pip install -e '.[train]'") from None
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+DTYPES = ("float32", "bfloat16")
 
 # Dense bf16 peak per device, TFLOP/s (vendor datasheets, SXM parts).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -164,6 +174,14 @@ def main(argv=None) -> int:
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
+  for flag, least in (("steps", 1), ("warmup", 0), ("batch_size", 0), ("threads", 1),
+                      ("width", 0), ("stem_stride", 0)):
+    if getattr(args, flag) < least:
+      p.error(f"--{flag}={getattr(args, flag)} must be >= {least}")
+  for flag, known in (("methods", METHOD_NAMES), ("dtypes", DTYPES)):
+    bad = [v for v in getattr(args, flag).split(",") if v not in known]
+    if bad:
+      p.error(f"--{flag}: unknown {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
   built_in = args.dataset == "synthetic" and args.mode == "step"  # input mode reads records
   if args.dataset not in SHAPES and not built_in and not args.data_dir:
     p.error(f"--mode={args.mode} --dataset={args.dataset} needs --data_dir (prepared by "

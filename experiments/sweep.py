@@ -1,24 +1,38 @@
-"""python -m experiments.sweep --out=DIR [--seeds=0,1,2] [--grid=beta=0.1,0.5,0.9] [--grid=...]
-                            [--name=value ...]
+"""python -m experiments.sweep --out=DIR [--seeds=0,1,2] [--grid=inforeg.beta=0.1,0.5,0.9]
+                            [--grid=...] [--name=value ...]
 
-Runs the cross product of seeds and grids (paper Figs. 7/8: ``--grid=beta=0.1,0.3,0.5,0.7,0.9,1.0``,
-``--grid=threshold=0.01,0.02,0.04,0.06,0.08,0.1``; or ``--grid=method=joint,inforeg,ogm_ge``),
-each into its own ``DIR/<setting>/seed<k>``, and prints the ``experiments.table`` of all of
-them (also written to ``DIR/table.md``). Any other ``--name=value`` is a run flag shared by
-all runs. Runs already finished (a summary.json present) are kept and runs cut short resume
-from their last checkpoint, so a sweep resumes.
+Runs the cross product of seeds and grids (paper Figs. 7/8:
+``--grid=inforeg.beta=0.1,0.3,0.5,0.7,0.9,1.0``, ``--grid=threshold=0.01,0.02,0.04,0.06,0.08,0.1``;
+or ``--grid=method=joint,inforeg,ogm_ge``), each into its own ``DIR/<setting>/seed<k>``, and
+prints the ``experiments.table`` of this sweep's runs (also written to ``DIR/table.md``; other
+runs under DIR are left out). Any other ``--name=value`` is a run flag shared by all runs.
+Every setting is checked before anything trains. A finished run (summary.json) of the same
+config is kept, one cut short resumes from its last checkpoint, so a sweep resumes; a folder
+holding a run of another config (other flags than the last sweep's) is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
 
 from experiments import table
-from inforeg_jax.config import parse_flags
-from inforeg_jax.trainer import train
+from inforeg_jax.config import config_differences, from_dict, parse_flags
+
+try:
+  from inforeg_jax.data.records import MissingDataError
+  from inforeg_jax.trainer import RunError, check_resume_early, train
+except ModuleNotFoundError as e:  # the core install: no orbax, grain, tqdm, ...
+  if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
+    raise
+  raise SystemExit("error: experiments.sweep needs the [train] extra: "
+                   "pip install -e '.[train]'") from None
+
+# Flags the sweep sets itself, per run.
+OWN_FLAGS = ("seed", "workdir", "resume", "overwrite")
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -27,34 +41,89 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
     name, _, values = spec.partition("=")
     if not name or not values:
       raise SystemExit(f"error: --grid={spec!r} is not name=v1,v2,...")
+    if name.lstrip("-") in OWN_FLAGS:
+      raise SystemExit(f"error: --grid={spec}: the sweep sets --{name} itself (use --seeds)")
+    if any(n == name for n, _ in grid):
+      raise SystemExit(f"error: --grid={name}=... given twice: put its values in one --grid")
     grid.append((name, values.split(",")))
   return grid
 
 
+def parse_seeds(text: str) -> list[int]:
+  """``0,1,2``: distinct non-negative integers."""
+  seeds = []
+  for part in text.split(","):
+    if not part.strip().isdigit():
+      raise SystemExit(f"error: --seeds={text}: {part!r} is not a seed (comma-separated "
+                       "non-negative integers, e.g. --seeds=0,1,2)")
+    if int(part) in seeds:
+      raise SystemExit(f"error: --seeds={text}: seed {int(part)} is given twice")
+    seeds.append(int(part))
+  return seeds
+
+
+def check_existing(workdir: str, cfg) -> str:
+  """What to do with ``workdir``: "done" (its finished run has ``cfg``'s config), "resume"
+  (checkpoints of ``cfg``'s config) or "fresh"; a run of another config is refused."""
+  summary = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary):
+    old = table.read_summary(summary)["config"]
+    try:
+      changed = config_differences(from_dict(old), cfg, allowed=table.NOT_TRAINED)
+    except (ValueError, TypeError) as e:  # a summary of another version
+      changed = [str(e)]
+    if changed:
+      raise SystemExit(f"error: {workdir} holds a run of another config ({', '.join(changed)}):"
+                       " sweep into another --out, or remove that folder to rerun it")
+    return "done"
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    try:
+      check_resume_early(dataclasses.replace(cfg, resume=True), workdir)
+    except RunError as e:
+      raise SystemExit(f"error: {workdir}: {e}; sweep into another --out, or remove that "
+                       "folder") from None
+    return "resume"
+  return "fresh"
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.sweep", add_help=True,
-                              description=__doc__.split("\n")[0])
+                              allow_abbrev=False, description=__doc__.split("\n\n")[1])
   p.add_argument("--out", required=True)
   p.add_argument("--seeds", default="0")
   p.add_argument("--grid", action="append", default=[])
   args, run_flags = p.parse_known_args(argv)
   grid = parse_grid(args.grid)
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = parse_seeds(args.seeds)
+  for flag in run_flags:
+    if flag.lstrip("-").split("=")[0] in OWN_FLAGS:
+      raise SystemExit(f"error: {flag}: the sweep sets --seed, --workdir, --resume and "
+                       "--overwrite itself (use --seeds and --out)")
   names = [n for n, _ in grid]
+
+  plan = []  # (setting, seed, workdir, cfg, what to do), every one checked before any trains
   for values in itertools.product(*[v for _, v in grid]) if grid else [()]:
     setting = "_".join(f"{n}={v}" for n, v in zip(names, values)) or "default"
     for seed in seeds:
       workdir = os.path.join(args.out, setting, f"seed{seed}")
-      if os.path.exists(os.path.join(workdir, "summary.json")):
-        continue
-      started = os.path.isdir(os.path.join(workdir, "checkpoints"))
       flags = run_flags + [f"--{n}={v}" for n, v in zip(names, values)] + [
-          f"--seed={seed}", f"--workdir={workdir}"] + (["--resume"] if started else
-                                                       ["--overwrite"])
+          f"--seed={seed}", f"--workdir={workdir}"]
       cfg, _ = parse_flags(flags)
-      print(f"== {setting} seed {seed}", flush=True)
-      train(cfg)
-  text = table.render([args.out], group_by=names)
+      plan.append((setting, seed, workdir, cfg, check_existing(workdir, cfg)))
+
+  for setting, seed, workdir, cfg, todo in plan:
+    if todo == "done":
+      continue
+    print(f"== {setting} seed {seed}", flush=True)
+    try:
+      train(dataclasses.replace(cfg, resume=todo == "resume", overwrite=todo == "fresh"))
+    except (MissingDataError, RunError, ValueError) as e:
+      raise SystemExit(f"error: {e}") from None
+    except OSError as e:  # a full disk, a vanished directory, ...
+      raise SystemExit(f"error: {e.strerror or e}"
+                       + (f" ({e.filename})" if e.filename else "")) from None
+  text = table.render([os.path.join(w, "summary.json") for _, _, w, _, _ in plan],
+                      group_by=names)
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(text)
   print(text)

@@ -1,6 +1,10 @@
 """experiments.sweep and experiments.analyze on tiny runs."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -66,6 +70,93 @@ def test_sweep_runs_the_grid_over_seeds_and_resumes(tmp_path, capsys):
   capsys.readouterr()
   assert sweep.main(flags) == 0  # everything done: no run starts again
   assert "== inforeg.beta" not in capsys.readouterr().out
+  # another sweep into the same folder tabulates its own runs only
+  assert sweep.main([f"--out={tmp_path}", "--seeds=1", "--grid=inforeg.beta=0.9", *TINY,
+                     "--epochs=1"]) == 0
+  table = (tmp_path / "table.md").read_text()
+  rows = [line for line in table.splitlines() if line.startswith("| synthetic")]
+  assert len(rows) == 1 and "| 0.9 |" in rows[0] and rows[0].endswith("| 1 |")
+  # new settings for the same folders are refused before anything trains, not pooled
+  with pytest.raises(SystemExit) as e:
+    sweep.main([*flags, "--epochs=2"])
+  assert str(e.value).startswith(f"error: {tmp_path}/inforeg.beta=0.5/seed0 holds a run of "
+                                 "another config (--epochs=1 -> 2)")
+  assert "== inforeg.beta" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds,says", [("0,x", "'x' is not a seed"), ("-1", "'-1' is not"),
+                                        ("0,1,0", "seed 0 is given twice"), ("", "'' is not")])
+def test_sweep_refuses_a_bad_seed_list(tmp_path, seeds, says):
+  with pytest.raises(SystemExit, match=says):
+    sweep.main([f"--out={tmp_path}", f"--seeds={seeds}", *TINY])
+  assert not os.listdir(tmp_path)
+
+
+def test_sweep_without_the_data_is_one_line(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    sweep.main([f"--out={tmp_path}", "--dataset=cremad", f"--data_dir={tmp_path}/nothing"])
+  assert str(e.value).startswith("error: ") and "python -m data_prep.cremad" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def snapshot(folder):
+  return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, dirs, files in os.walk(folder) for f in files + dirs}
+
+
+def test_gradcos_skips_a_damaged_latest_checkpoint_and_writes_nothing_into_the_run(
+    tiny_run, tmp_path, capsys):
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, run_dir)
+  for folder, _, files in os.walk(os.path.join(run_dir, "checkpoints", "1")):
+    for f in files:
+      if f != "_CHECKPOINT_METADATA":
+        with open(os.path.join(folder, f), "wb") as fh:
+          fh.write(b"\x00garbage")
+  before = snapshot(run_dir)
+  numbers = analyze.gradcos(run_dir, "audio", 2, str(tmp_path / "fig4"))
+  assert np.array(numbers["cosine"]).shape == (2, 2)
+  assert "could not read checkpoint 1" in capsys.readouterr().err
+  assert snapshot(run_dir) == before  # the damaged checkpoint kept, nothing added
+
+
+def test_analyses_refuse_bad_runs_and_flags_in_one_line(tiny_run, tmp_path):
+  def fails(says, fn, *args):
+    with pytest.raises(SystemExit) as e:
+      fn(*args)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value), str(e.value)
+    assert says in str(e.value), str(e.value)
+
+  out = str(tmp_path / "fig")
+  fails("cannot read", analyze.traces, [str(tmp_path)], out)  # no metrics.jsonl
+  damaged = tmp_path / "damaged"
+  shutil.copytree(tiny_run, damaged)
+  text = (damaged / "metrics.jsonl").read_text()
+  (damaged / "metrics.jsonl").write_text(text[:-20])  # the last line cut short
+  fails(f"{damaged}/metrics.jsonl: line 2 is not", analyze.windows, [str(damaged)], out)
+  (damaged / "metrics.jsonl").write_text("")
+  fails("holds no epoch", analyze.traces, [str(damaged)], out)
+  (damaged / "summary.json").write_text("{")
+  fails(f"{damaged}/summary.json is not valid JSON", analyze.gradcos, str(damaged), "audio", 2,
+        out)
+  (damaged / "summary.json").unlink()
+  fails("has no summary.json", analyze.gradcos, str(damaged), "audio", 2, out)
+  fails("--modality=vision: ", analyze.gradcos, tiny_run, "vision", 2, out)
+  fails("--modality=vision: ", analyze.tsne, tiny_run, "vision", 50, out)
+  fails("--batches=1: ", analyze.gradcos, tiny_run, "audio", 1, out)
+  fails("has 8 batches of 16; pass --batches=8", analyze.gradcos, tiny_run, "audio", 9, out)
+  assert not os.path.exists(out + ".json")
+
+
+def test_analyze_cli_error_is_one_line_without_traceback(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.analyze", "gradcos", str(tmp_path),
+                         "--modality=audio", f"--out={tmp_path}/fig"],
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} has no summary.json (not a "
+                                              "finished run folder; analyses need the run's "
+                                              "config)"]
 
 
 def test_curve_plots_a_swept_table_against_joint_training(tmp_path):

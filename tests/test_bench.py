@@ -28,3 +28,17 @@ def test_bench_needs_data_dir_without_built_in_data(mode, dataset, capsys):
   with pytest.raises(SystemExit):
     bench.main([f"--mode={mode}", f"--dataset={dataset}"])
   assert "needs --data_dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,says", [
+    ("--steps=0", "--steps=0 must be >= 1"), ("--steps=-3", "--steps=-3 must be >= 1"),
+    ("--warmup=-1", "--warmup=-1 must be >= 0"),
+    ("--methods=joint,nope", "--methods: unknown 'nope'; choose from joint,"),
+    ("--dtypes=float16", "--dtypes: unknown 'float16'; choose from float32, bfloat16")])
+def test_bad_bench_arguments_are_one_error_line(flag, says, capsys):
+  with pytest.raises(SystemExit) as e:
+    bench.main(["--mode=step", "--tiny", flag])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert "error: " in last and says in last

@@ -1,9 +1,12 @@
 """python -m experiments.run [--dataset=synthetic] [--method=inforeg] [--name=value ...]
 
-Trains one configuration and prints its summary (accuracies as fractions). ``--help`` lists
-every flag with its meaning, choices and the defaults of the chosen ``--dataset``. Errors a
-user can cause end in one ``error:`` line and exit status 2; Ctrl-C ends with one line and
-leaves the run resumable (exit status 130).
+Trains one configuration, or a population (flags marked [list] in ``--help`` take
+comma-separated values, e.g. ``--seeds=0,1,2,3,4 --learning_rate=0.003,0.01,0.03``: the product
+of the lists, trained in one compiled program, each member into its own workdir), and prints
+the summaries (accuracies as fractions). ``--help`` lists every flag with its meaning, choices
+and the defaults of the chosen ``--dataset``. Errors a user can cause end in one ``error:``
+line and exit status 2; Ctrl-C or SIGTERM end with one line and leave the run resumable (exit
+status 130).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import os
 import sys
 
-from inforeg_jax.config import parse_flags
+from inforeg_jax.config import parse_members
 
 
 def enable_compilation_cache() -> None:
@@ -28,17 +31,38 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv=None) -> int:
-  cfg, args = parse_flags(argv)  # before importing JAX: --help and flag errors are instant
-  import jax
-  enable_compilation_cache()
-
-  from inforeg_jax.data.records import MissingDataError
-  from inforeg_jax.trainer import RunError, train
-
+  cfgs, args = parse_members(argv)  # before importing JAX: --help and flag errors are instant
   try:
+    import jax
     if args.distributed or args.coordinator_address:
       jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    summary = train(cfg)
+    jax.devices()  # the backend: JAX_PLATFORMS=gpu on a machine without one fails here
+  except ModuleNotFoundError as e:  # jax itself
+    print(f"error: experiments.run needs JAX ({e.name} is missing): pip install -e '.[train]'",
+          file=sys.stderr)
+    return 2
+  except RuntimeError as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"error: JAX has no usable backend here (JAX_PLATFORMS="
+          f"{os.environ.get('JAX_PLATFORMS', '')!r}): {first}", file=sys.stderr)
+    return 2
+  enable_compilation_cache()
+  try:
+    from inforeg_jax.data.records import MissingDataError
+    from inforeg_jax.trainer import RunError, train
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
+      raise
+    print(f"error: experiments.run needs the [train] extra ({e.name} is missing): pip install "
+          "-e '.[train]'", file=sys.stderr)
+    return 2
+
+  files = {}
+  if args.config:
+    with open(args.config) as f:
+      files["config.py"] = f.read()
+  try:
+    summaries = train(cfgs, files=files)
   except (MissingDataError, RunError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -46,15 +70,26 @@ def main(argv=None) -> int:
     where = f" ({e.filename})" if e.filename else ""
     print(f"error: {e.strerror or e}{where}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"\ninterrupted: the last finished epoch is checkpointed in {cfg.resolved_workdir}; "
-          "continue with the same flags and --resume", file=sys.stderr)
+  except KeyboardInterrupt as e:
+    what = "interrupted" if str(e) in ("", "SIGINT") else f"stopped by {e}"
+    where = cfgs[0].resolved_workdir if len(cfgs) == 1 else \
+        f"the {len(cfgs)} members' workdirs"
+    print(f"\n{what}: the last finished epoch is checkpointed in {where}; continue with the "
+          "same flags and --resume", file=sys.stderr)
     return 130
   if jax.process_index() == 0:
-    print(json.dumps({k: summary[k] for k in ("dataset", "method", "seed", "epochs",
-                                              "num_devices", "final", "selected", "best")},
-                     indent=2))
-    print(f"wrote {summary['workdir']}: metrics.jsonl, summary.json, plots, checkpoints/")
+    for s in summaries:
+      if "final" in s:
+        print(json.dumps({k: s[k] for k in ("dataset", "method", "seed", "epochs",
+                                            "num_devices", "final", "selected", "best")
+                          if k in s}, indent=2))
+      print(f"wrote {s['workdir']}: metrics.jsonl, summary.json, plots, log.txt, checkpoints/"
+            + (f" (stopped: {s['stopped']})" if s.get("stopped") else ""))
+  stopped = [s for s in summaries if s.get("stopped")]
+  if stopped:
+    print(f"error: {len(stopped)} of {len(summaries)} members stopped (their summaries say "
+          "why)", file=sys.stderr)
+    return 2
   return 0
 
 

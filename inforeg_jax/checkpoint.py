@@ -5,16 +5,19 @@ config); the data iterator's position is the epoch (``pipeline`` orders batches 
 epoch)), so restoring it resumes the same data order. Kept: the last three and the best by
 ``rank`` (validation accuracy); we prune ourselves after each save, because orbax's
 preservation policies never delete the checkpoints that existed when a manager was opened (so
-a resumed run kept them all). A checkpoint that cannot be read is skipped for the one before
-it, and the caller is told.
+a resumed run kept them all). A checkpoint that cannot be read, or whose state does not match
+the sha256 recorded beside it when it was saved (flipped bytes that the array format reads
+without complaint), is skipped for the one before it, and the caller is told.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 KEEP_LAST = 3
@@ -30,10 +33,21 @@ def manager(workdir: str) -> ocp.CheckpointManager:
                                options=options, item_names=("state", "loop"))
 
 
+def digest(state) -> str:
+  """sha256 over the state's arrays (their bytes, shapes and dtypes, in tree order)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    a = np.ascontiguousarray(leaf)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch: int,
          keep_last: int = KEEP_LAST) -> None:
-  """Saves after ``epoch`` (``loop`` is JSON), then deletes every checkpoint but the last
-  ``keep_last`` and ``best_epoch``'s."""
+  """Saves after ``epoch`` (``loop`` is JSON; the state's `digest` is added to it), then
+  deletes every checkpoint but the last ``keep_last`` and ``best_epoch``'s."""
+  loop = {**loop, "state_sha256": digest(state)}
   mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            loop=ocp.args.JsonSave(loop)), force=True)
   mngr.wait_until_finished()
@@ -56,16 +70,20 @@ def latest_loop(mngr: ocp.CheckpointManager) -> dict | None:
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
                    log: Callable[[str], None] = print,
-                   check: Callable[[dict], None] | None = None, prune: bool = True):
+                   check: Callable[[dict], None] | None = None, prune: bool = True,
+                   at_most: int | None = None):
   """(state, loop) of the latest readable checkpoint, laid out like ``abstract_state``
   (whose shardings may come from another device count), or None when there is none; a
   `CheckpointError` when there are some and none can be read. ``check(loop)`` sees a
   checkpoint's loop JSON before its state is read (and may raise to refuse it). With
   ``prune`` (a run that goes on from here) the unreadable later checkpoints are deleted;
-  without it (an analysis) nothing is."""
+  without it (an analysis) nothing is. ``at_most``: the latest checkpoint of that epoch or
+  an earlier one (the members of a population resume from one epoch)."""
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
   skipped = []
   for step in sorted(mngr.all_steps(), reverse=True):
+    if at_most is not None and step > at_most:
+      continue
     try:
       loop = mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
     except Exception as e:  # a damaged checkpoint: orbax/tensorstore raise many kinds
@@ -79,13 +97,16 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
     except Exception as e:
       skipped.append(f"checkpoint {step} ({type(e).__name__})")
       continue
-    if skipped and prune:  # the run continues from ``step``: the unreadable later ones go
-      for bad in mngr.all_steps():
-        if bad > step:
-          mngr.delete(bad)
-      log(f"could not read {', '.join(skipped)} (removed); resuming from checkpoint {step}")
-    elif skipped:
-      log(f"could not read {', '.join(skipped)}; using checkpoint {step}")
+    if loop.get("state_sha256") not in (None, digest(state)):
+      skipped.append(f"checkpoint {step} (its state does not match its checksum)")
+      continue
+    if prune:  # the run continues from ``step``: later ones (unreadable, or ahead) go
+      for later in mngr.all_steps():
+        if later > step:
+          mngr.delete(later)
+    if skipped:
+      log(f"could not read {', '.join(skipped)}{' (removed)' if prune else ''}; "
+          f"{'resuming from' if prune else 'using'} checkpoint {step}")
     return state, loop
   if skipped:
     raise CheckpointError(f"could not read {', '.join(skipped)}: no readable checkpoint in "

@@ -1,34 +1,36 @@
-"""Experiment configuration: one frozen dataclass, per-dataset presets, strict flags.
+"""Experiment configuration: one frozen dataclass, per-dataset presets, strict flags, members.
 
-``Config`` holds the run's settings; each method's options are a group of their own
-(``cfg.agm.alpha``, flag ``--agm.alpha``; `inforeg_jax.methods.options`). Values resolve as
+``Config`` holds one run's settings; the run's method's options are ``cfg.options`` (flags
+``--<group>.<name>``, e.g. ``--agm.alpha``), their dataclass registered with the method
+(`inforeg_jax.methods`), so groups, flags and ``--help`` follow the registry. Values resolve as
 defaults < dataset preset < ``--tiny`` < flags. The flags are strict: no abbreviations,
-booleans only as true/false (1/0, yes/no), every value checked before anything is built, and
-every error one line. This module imports no JAX, so ``--help`` is immediate.
+booleans only as true/false (1/0, yes/no), finite numbers, every value checked before anything
+is built, every error one line, and an option of another method than the one run is refused.
+
+A population: the hyperparameters marked ``member`` (the seed, the optimizer's numbers, K,
+each method's key coefficient) take comma-separated lists (``--seeds=0,1,2``,
+``--learning_rate=0.003,0.01``); the product of the lists is the members, each one exactly
+the run it names (`parse_members`). This module imports no JAX, so ``--help`` is immediate.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import math
 import os
 import sys
 import types
 import typing
 from typing import Any, Sequence
 
-from inforeg_jax.methods import NAMES as METHOD_NAMES
-from inforeg_jax.methods import REGISTRY
-from inforeg_jax.methods.options import (AGMOptions, GBlendingOptions, GreedyOptions,
-                                         InfoRegOptions, MMParetoOptions, OGMGEOptions,
-                                         PMROptions, option)
+from inforeg_jax import methods
+from inforeg_jax.methods.options import option
 
 DATASETS = ("synthetic", "avmnist", "cremad", "kinetics_sounds", "mosi")
 WINDOWS = ("auto", "prime", "whole", "other")
-
-
-def _group(cls):
-  return dataclasses.field(default_factory=cls, metadata={"group": True})
+MAX_SEED = 2**31 - 1  # the seed becomes an int32 PRNG key inside the step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +40,18 @@ class Config:
   dataset: str = option("synthetic", "the data: synthetic is built in; the others are read "
                         "from --data_dir, prepared by python -m data_prep.<dataset>",
                         choices=DATASETS)
-  method: str = option("inforeg", "the balancing method (README, Methods)", choices=METHOD_NAMES)
+  method: str = option(methods.DEFAULT, "the balancing method (README, Methods)")
   epochs: int = option(30, "training epochs", minimum=1)
-  seed: int = option(0, "seed of the initialisation, data order and augmentation", minimum=0)
+  seed: int = option(0, "seed of the initialisation, data order and augmentation (a list: one "
+                     "member per seed; --seeds is the same flag)", minimum=0, maximum=MAX_SEED,
+                     member=True)
   batch_size: int = option(64, "global training batch size", minimum=1)
   eval_batch_size: int = option(256, "global evaluation batch size", minimum=1)
-  learning_rate: float = option(0.002, "SGD learning rate (released code: 0.002)", minimum=0)
-  momentum: float = option(0.9, "SGD momentum", minimum=0)
-  weight_decay: float = option(1e-4, "weight decay, added to the gradient", minimum=0)
+  learning_rate: float = option(0.002, "SGD learning rate (released code: 0.002)", minimum=0,
+                                member=True)
+  momentum: float = option(0.9, "SGD momentum", minimum=0, member=True)
+  weight_decay: float = option(1e-4, "weight decay, added to the gradient", minimum=0,
+                               member=True)
   lr_step_epochs: int = option(30, "StepLR: the rate is multiplied by --lr_decay every this "
                                "many epochs (released code: 30)", minimum=1)
   lr_decay: float = option(0.1, "StepLR factor", minimum=0)
@@ -55,7 +61,7 @@ class Config:
                        choices=WINDOWS)
   threshold: float | None = option(None, "K of Eq. 11, the prime-learning-window threshold "
                                    "(default 0.04, paper Sec. 4.7; 0.05 for --inforeg.variant="
-                                   "official)", minimum=0)
+                                   "official)", minimum=0, member=True)
   fusion: str = option("concat", "fusion head (Table 5): the released fusion_modules.py",
                        choices=("concat", "sum", "film", "gated"))
   encoder: str = option("small_cnn", "encoder network (paper: resnet18; transformer for "
@@ -71,48 +77,69 @@ class Config:
   data_dir: str = option("", "the prepared dataset (default data/<dataset>, where data_prep "
                          "writes)")
   workdir: str = option("", "where the run's outputs go (default runs/<dataset>/<method>/"
+                        "seed<seed>; a population's members go to <workdir>/[<setting>/]"
                         "seed<seed>)")
   limit_train: int = option(0, "train on the first N examples only (0: all)", minimum=0)
   resume: bool = option(False, "continue the run in --workdir from its latest checkpoint")
-  overwrite: bool = option(False, "delete what --workdir holds and start afresh")
+  overwrite: bool = option(False, "replace the run in --workdir (kept aside until the new run "
+                           "has saved its first epoch)")
   skip_nonfinite: bool = option(False, "skip (and count) steps with a non-finite loss or Tr(F) "
-                                "instead of stopping the run")
-  inforeg: InfoRegOptions = _group(InfoRegOptions)
-  ogm_ge: OGMGEOptions = _group(OGMGEOptions)
-  agm: AGMOptions = _group(AGMOptions)
-  pmr: PMROptions = _group(PMROptions)
-  greedy: GreedyOptions = _group(GreedyOptions)
-  gblending: GBlendingOptions = _group(GBlendingOptions)
-  mmpareto: MMParetoOptions = _group(MMParetoOptions)
+                                "instead of stopping the run (it stops all the same when more "
+                                "than a tenth of an epoch's steps are skipped)")
+  options: Any = None  # the method's options (`methods.Entry.options`), flags --<group>.<name>
 
   def __post_init__(self):
-    for obj, prefix in [(self, "")] + [(getattr(self, g), g + ".") for g in GROUPS]:
-      for f in dataclasses.fields(obj):
-        if f.metadata.get("group"):
-          continue
-        value, meta = getattr(obj, f.name), f.metadata
-        if meta.get("choices") and value not in meta["choices"]:
-          raise ValueError(f"--{prefix}{f.name} must be one of {', '.join(meta['choices'])}; "
-                           f"got {value!r}")
-        if meta.get("minimum") is not None and value is not None and value < meta["minimum"]:
-          raise ValueError(f"--{prefix}{f.name} must be >= {meta['minimum']}; got {value!r}")
-    if self.method.startswith("inforeg") and self.inforeg.variant == "official" and (
-        self.modalities or self.dataset == "mosi"):
-      raise ValueError("--inforeg.variant=official is defined for two modalities (audio, "
-                       "visual)")
+    if self.method not in methods.REGISTRY:
+      raise ValueError(f"--method must be one of {', '.join(methods.names())}; got "
+                       f"{self.method!r}")
+    entry = methods.REGISTRY[self.method]
+    if entry.options is None:
+      if self.options is not None:
+        raise ValueError(f"--method={self.method} has no options")
+    elif self.options is None:
+      object.__setattr__(self, "options", entry.options())
+    elif not isinstance(self.options, entry.options):
+      raise ValueError(f"--method={self.method} takes {entry.options.__name__}, got "
+                       f"{type(self.options).__name__}")
+    _check_fields(self, "")
+    if self.options is not None:
+      _check_fields(self.options, entry.group + ".")
+    if self.dataset == "synthetic" and self.data_dir:
+      raise ValueError("--data_dir: the synthetic dataset is built in and reads no data "
+                       "(leave --data_dir out, or choose a prepared --dataset)")
+    if hasattr(self.options, "check"):
+      self.options.check(self)
+
+  def __getattr__(self, name: str):
+    """``cfg.<group>``: the run's method's options under its flag prefix (``cfg.agm.alpha``)."""
+    if name.startswith("_") or "method" not in self.__dict__:
+      raise AttributeError(name)
+    if name == self.group:
+      return self.options
+    if name in methods.groups():
+      raise AttributeError(f"--{name}.* are options of another method than "
+                           f"--method={self.method}")
+    raise AttributeError(name)
+
+  @property
+  def group(self) -> str | None:
+    """The flag prefix of the method's options (None for a method without any)."""
+    return methods.REGISTRY[self.method].group
 
   @property
   def resolved_window(self) -> str:
-    return REGISTRY[self.method].default_window if self.window == "auto" else self.window
+    return methods.REGISTRY[self.method].default_window if self.window == "auto" else self.window
 
   @property
-  def resolved_threshold(self) -> float:
-    """K of Eq. 11: --threshold, else the paper's 0.04 (0.05 for --inforeg.variant=official)."""
-    from inforeg_jax.regulation import OFFICIAL_THRESHOLD, PAPER_THRESHOLD  # JAX: not at import
+  def resolved_threshold(self):
+    """K of Eq. 11: --threshold, else the method's default (`regulation.default_threshold`,
+    the one place K's default is decided: 0.04, or 0.05 for --inforeg.variant=official)."""
     if self.threshold is not None:
       return self.threshold
-    official = self.method.startswith("inforeg") and self.inforeg.variant == "official"
-    return OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
+    if hasattr(self.options, "default_threshold"):
+      return self.options.default_threshold()
+    from inforeg_jax.regulation import default_threshold  # JAX: not at import
+    return default_threshold()
 
   @property
   def resolved_data_dir(self) -> str:
@@ -125,92 +152,126 @@ class Config:
     name = self.method + (f"-{self.modalities.replace(',', '+')}" if self.modalities else "")
     return os.path.join("runs", self.dataset, name, f"seed{self.seed}")
 
-  @property
-  def options(self):
-    """This run's method options (None for a method without any)."""
-    group = REGISTRY[self.method].group
-    return getattr(self, group) if group else None
-
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The settings as JSON: the method's options under its group (``{"agm": {...}}``)."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+    if self.options is not None:
+      out[self.group] = dataclasses.asdict(self.options)
+    return out
 
 
-GROUPS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("group"))
+def _plain(value) -> bool:
+  return value is None or isinstance(value, (bool, int, float, str))
 
-# Per-dataset defaults: the paper's settings where the paper has them ("group.name" keys set a
-# method's option).
+
+def _check_fields(obj, prefix: str) -> None:
+  """Choices, bounds and finiteness of each plain value (a traced member value inside the
+  step was checked as a plain value when the population was made)."""
+  for f in dataclasses.fields(obj):
+    value, meta = getattr(obj, f.name), f.metadata
+    if f.name == "options" or not _plain(value) or value is None:
+      continue
+    flag = f"--{prefix}{f.name}"
+    if meta.get("choices") and value not in meta["choices"]:
+      raise ValueError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got "
+                       f"{value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{flag} must be a finite number; got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+      raise ValueError(f"{flag} must be >= {meta['minimum']}; got {value!r}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+      raise ValueError(f"{flag} must be <= {meta['maximum']}; got {value!r}")
+
+
+# Per-dataset defaults: the paper's settings where the paper has them (a method's own
+# per-dataset defaults live with its options: ``dataset_defaults``).
 PRESETS: dict[str, dict[str, Any]] = {
     # our data: chosen on the validation split (docs/RESULTS.md), sized for a 2-core CPU
     "synthetic": {"epochs": 20, "learning_rate": 0.01, "lr_step_epochs": 15,
-                  "encoder": "small_cnn", "width": 12, "gblending.super_epoch": 5,
-                  "gblending.trial_epochs": 2},
+                  "encoder": "small_cnn", "width": 12},
     "avmnist": {"epochs": 20, "learning_rate": 0.01, "lr_step_epochs": 15,
-                "encoder": "small_cnn", "width": 8, "stem_stride": 2, "agm.alpha": 2.5,
-                "gblending.super_epoch": 5, "gblending.trial_epochs": 2},
-    "cremad": {"epochs": 50, "learning_rate": 0.002, "encoder": "resnet18", "width": 64,
-               "ogm_ge.alpha": 0.8},
+                "encoder": "small_cnn", "width": 8, "stem_stride": 2},
+    "cremad": {"epochs": 50, "learning_rate": 0.002, "encoder": "resnet18", "width": 64},
     "kinetics_sounds": {"epochs": 50, "learning_rate": 0.002, "encoder": "resnet18", "width": 64},
     "mosi": {"epochs": 30, "learning_rate": 1e-3, "encoder": "transformer", "width": 64,
              "batch_size": 32},
 }
-# Tiny shapes for tests and CPU smoke runs (--tiny).
-TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_size": 64,
-                        "gblending.super_epoch": 2, "gblending.trial_epochs": 1}
+# Tiny shapes for tests and CPU smoke runs (--tiny); a method's own: ``dataset_defaults["tiny"]``.
+TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_size": 64}
 
 # What --resume may change: everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("epochs", "resume", "overwrite", "workdir", "eval_batch_size",
                      "skip_nonfinite", "data_dir")
 
 
-def _split_overrides(values: dict[str, Any]) -> tuple[dict, dict[str, dict]]:
-  top, groups = {}, {}
-  for key, value in values.items():
-    group, _, name = key.rpartition(".")
-    if group:
-      if group not in GROUPS:
-        raise ValueError(f"unknown option group {group!r} in {key!r}")
-      groups.setdefault(group, {})[name] = value
-    elif key in GROUPS and isinstance(value, dict):
-      groups.setdefault(key, {}).update(value)
-    else:
-      top[key] = value
-  return top, groups
-
-
 def preset_values(dataset: str, tiny: bool = False) -> dict[str, Any]:
-  """The flat ("group.name" for options) values a dataset preset (and --tiny) set."""
+  """The flat ("group.name" for options) values a dataset preset (and --tiny) set, the
+  methods' own per-dataset defaults included."""
   values = dict(PRESETS.get(dataset, {}))
+  for group, cls in methods.groups().items():
+    for key in (dataset, "tiny") if tiny else (dataset,):
+      for name, value in getattr(cls, "dataset_defaults", {}).get(key, {}).items():
+        values[f"{group}.{name}"] = value
   if tiny:
     values.update(TINY)
   return values
 
 
+def _split_groups(values: dict[str, Any]) -> tuple[dict, dict[str, dict]]:
+  top, grouped = {}, {}
+  for key, value in values.items():
+    group, _, name = key.rpartition(".")
+    if group:
+      grouped.setdefault(group, {})[name] = value
+    elif key in methods.groups() and isinstance(value, dict):
+      grouped.setdefault(key, {}).update(value)
+    else:
+      top[key] = value
+  return top, grouped
+
+
 def make_config(dataset: str = "synthetic", tiny: bool = False, **overrides) -> Config:
-  """Config = defaults < dataset preset < (tiny) < overrides. Option-group values are given
-  as ``agm={"alpha": 2.0}`` or, flat, ``**{"agm.alpha": 2.0}``."""
-  top, groups = _split_overrides({**preset_values(dataset, tiny), **overrides})
-  known = {f.name for f in dataclasses.fields(Config)}
+  """Config = defaults < dataset preset < (tiny) < overrides. The method's options are given
+  as ``agm={"alpha": 2.0}`` or, flat, ``**{"agm.alpha": 2.0}``; an option of another method
+  is refused (a preset's are dropped)."""
+  method = overrides.get("method", Config.method)
+  group = methods.REGISTRY[method].group if method in methods.REGISTRY else None
+  preset_top, preset_groups = _split_groups(preset_values(dataset, tiny))
+  top, grouped = _split_groups(overrides)
+  for g, values in grouped.items():
+    if g not in methods.groups():
+      raise ValueError(f"unknown option group {g!r} in "
+                       + ", ".join(f"--{g}.{k}" for k in values))
+    if g != group:
+      raise ValueError(f"--{g}.{next(iter(values))} is an option of another method than "
+                       f"--method={method}: leave it out, or choose that method")
+  known = {f.name for f in dataclasses.fields(Config)} - {"options"}
   unknown = sorted(set(top) - known)
   if unknown:
     raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-  options = {}
-  for g, values in groups.items():
-    cls = type(getattr(Config, "__dataclass_fields__")[g].default_factory())
+  options = None
+  if group is not None:
+    cls = methods.REGISTRY[method].options
+    values = {**preset_groups.get(group, {}), **grouped.get(group, {})}
     names = {f.name for f in dataclasses.fields(cls)}
     bad = sorted(set(values) - names)
     if bad:
-      raise ValueError(f"unknown option(s) {', '.join(f'{g}.{b}' for b in bad)}")
-    options[g] = cls(**values)
-  return Config(dataset=dataset, **top, **options)
+      raise ValueError(f"unknown option(s) {', '.join(f'--{group}.{b}' for b in bad)}")
+    options = cls(**values)
+  return Config(dataset=dataset, **{**preset_top, **top}, options=options)
 
 
 def from_dict(values: dict) -> Config:
   """The Config a ``to_dict`` (a summary's or checkpoint's ``config``) was made from; keys this
-  version does not know are refused."""
+  version does not know are refused, option groups of other methods dropped."""
   values = dict(values)
   dataset = values.pop("dataset", "synthetic")
-  groups = {g: values.pop(g) for g in GROUPS if isinstance(values.get(g), dict)}
-  return make_config(dataset, **values, **groups)
+  method = values.get("method", Config.method)
+  group = methods.REGISTRY[method].group if method in methods.REGISTRY else None
+  for g in list(values):
+    if isinstance(values[g], dict) and g != group:
+      del values[g]
+  return make_config(dataset, **values)
 
 
 def config_differences(old: Config, new: Config, allowed=RESUMABLE_CHANGES) -> list[str]:
@@ -230,6 +291,43 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# ---------------------------------------------------------------- members of a population
+
+
+def member_fields() -> list[str]:
+  """Flag names (``learning_rate``, ``agm.alpha``, ...) a population may vary."""
+  names = [f.name for f in dataclasses.fields(Config) if f.metadata.get("member")]
+  for group, cls in methods.groups().items():
+    names += [f"{group}.{f.name}" for f in dataclasses.fields(cls) if f.metadata.get("member")]
+  return names
+
+
+def member_values(cfg: Config) -> dict[str, Any]:
+  """The member-wise values of ``cfg`` (its method's), flat names; K resolved."""
+  out = {}
+  for name in member_fields():
+    group, _, field = name.rpartition(".")
+    if group and group != cfg.group:
+      continue
+    out[name] = cfg.resolved_threshold if name == "threshold" else getattr(
+        cfg.options if group else cfg, field)
+  return out
+
+
+def with_member_values(cfg: Config, values: dict[str, Any]) -> Config:
+  """``cfg`` with the member-wise ``values`` put in (traced arrays inside the step: they were
+  checked as plain values when the members were made)."""
+  top = {k: v for k, v in values.items() if "." not in k}
+  grouped = {k.split(".", 1)[1]: v for k, v in values.items() if "." in k}
+  options = dataclasses.replace(cfg.options, **grouped) if grouped else cfg.options
+  return dataclasses.replace(cfg, **top, options=options)
+
+
+def setting_name(values: dict[str, Any]) -> str:
+  """A folder name for the member-wise values that vary (``learning_rate=0.01,agm.alpha=2``)."""
+  return ",".join(f"{k}={v}" for k, v in values.items()) or "default"
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -245,38 +343,58 @@ def parse_bool(text: str) -> bool:
 def _value_type(annotation):
   """int/float/str/bool from a field's annotation (``int | None`` -> int)."""
   hint = annotation if not isinstance(annotation, str) else eval(  # noqa: S307
-      annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None})
+      annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None,
+                   "Any": str})
   if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
     hint = next(a for a in typing.get_args(hint) if a is not type(None))
   return hint
 
 
-def _typed(kind, flag: str):
-  def convert(text: str):
+def _typed(kind, flag: str, member: bool = False):
+  def one(text: str):
     if kind is bool:
       return parse_bool(text)
     try:
-      return kind(text)
+      value = kind(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f"{flag} expects {kind.__name__}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
+    return value
+
+  def convert(text: str):
+    if member and "," in text:
+      values = [one(t) for t in text.split(",")]
+      if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
+      return values
+    if "," in text and kind is not str:
+      raise argparse.ArgumentTypeError(
+          f"{flag} takes one value: it changes the program (only {', '.join('--' + n for n in member_fields())} take lists)")
+    return one(text)
+
   convert.__name__ = kind.__name__
   return convert
 
 
 def _add_fields(parser, cls, prefix: str, shown: dict[str, Any]):
   for f in dataclasses.fields(cls):
-    if f.metadata.get("group"):
+    if f.name == "options":
       continue
     name = prefix + f.name
     kind = _value_type(f.type)
     default = shown.get(name, f.default)
     meta = f.metadata
     text = meta.get("help", "")
+    if name == "method":
+      text += f" {{{', '.join(methods.names())}}}"
     if meta.get("choices"):
       text += f" {{{', '.join(map(str, meta['choices']))}}}"
+    if meta.get("member"):
+      text += " [list: one member each]"
     text += f" (default: {default})" if default not in ("", None) else ""
-    kwargs = dict(dest=name, type=_typed(kind, "--" + name), default=None, help=text,
-                  metavar=kind.__name__.upper())
+    kwargs = dict(dest=name, type=_typed(kind, "--" + name, meta.get("member", False)),
+                  default=None, help=text, metavar=kind.__name__.upper())
     if kind is bool:  # --flag alone means true; --flag=false
       kwargs.update(nargs="?", const=True, metavar="true|false")
     parser.add_argument(f"--{name}", **kwargs)
@@ -298,16 +416,24 @@ def make_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
       prog="python -m experiments.run", allow_abbrev=False,
       usage="python -m experiments.run [--name=value ...]   (--help lists them)",
       description="Train a multimodal model with InfoReg or a baseline; writes metrics.jsonl, "
-      "summary.json, plots, TensorBoard events and checkpoints into --workdir. Defaults shown "
+      "summary.json, plots, TensorBoard events, log.txt and checkpoints into --workdir. "
+      "Flags marked [list] take comma-separated values: the product of the lists is a "
+      "population trained in one program, each member into its own workdir. Defaults shown "
       f"for --dataset={dataset}.",
-      epilog="Methods: " + "; ".join(f"{n}: {e.doc}" for n, e in REGISTRY.items()))
+      epilog="Methods: " + "; ".join(f"{n}: {e.doc}" for n, e in methods.REGISTRY.items()))
   _add_fields(parser, Config, "", shown)
+  parser.add_argument("--seeds", dest="seed", type=_typed(int, "--seeds", True), default=None,
+                      metavar="INT,INT,...", help="the same as --seed (a list of seeds)")
   parser.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke run")
   parser.add_argument("--flagfile", metavar="FILE",
                       help="read flags from FILE, one --name=value a line (# comments)")
-  for group in GROUPS:
-    cls = type(Config.__dataclass_fields__[group].default_factory())
-    g = parser.add_argument_group(f"{group} options ({REGISTRY[group].doc if group in REGISTRY else group})")
+  parser.add_argument("--config", metavar="FILE",
+                      help="a Python config file defining `config = dict(name=value, ...)` "
+                      "(flat names, e.g. 'agm.alpha'); flags override it; stored in the "
+                      "workdir as config.py")
+  for group, cls in methods.groups().items():
+    docs = [n for n, e in methods.REGISTRY.items() if e.group == group]
+    g = parser.add_argument_group(f"{group} options (--method={'|'.join(docs)})")
     _add_fields(g, cls, group + ".", shown)
   dist = parser.add_argument_group("multi-host (jax.distributed.initialize)")
   dist.add_argument("--distributed", action="store_true",
@@ -319,36 +445,109 @@ def make_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
   return parser
 
 
-def _expand_flagfiles(argv: list[str], parser) -> list[str]:
+def _expand_flagfiles(argv: list[str], parser, seen: tuple[str, ...] = ()) -> list[str]:
   out = []
   for a in argv:
     if a.startswith("--flagfile="):
       path = a.split("=", 1)[1]
+      real = os.path.realpath(path)
+      if real in seen:
+        parser.error(f"--flagfile={path} includes itself (through {' -> '.join(seen)})")
       try:
-        with open(path) as f:
-          lines = [l.split("#", 1)[0].strip() for l in f]
+        with open(path, "rb") as f:
+          text = f.read().decode("utf-8")
       except OSError as e:
         parser.error(f"--flagfile={path}: {e.strerror}")
-      out += _expand_flagfiles([l for l in lines if l], parser)
+      except UnicodeDecodeError:
+        parser.error(f"--flagfile={path} is not a text file of flags")
+      lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+      out += _expand_flagfiles([line for line in lines if line], parser, seen + (real,))
     else:
       out.append(a)
   return out
 
 
-def parse_flags(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
-  """Config from ``--name=value`` flags (plus ``--tiny`` and the multi-host flags)."""
+def read_config_file(path: str) -> dict[str, Any]:
+  """The ``config`` dict a Python config file defines (flat flag names, e.g. 'agm.alpha');
+  ValueError with one line when it cannot."""
+  try:
+    with open(path) as f:
+      source = f.read()
+  except OSError as e:
+    raise ValueError(f"--config={path}: {e.strerror}") from None
+  except UnicodeDecodeError:
+    raise ValueError(f"--config={path} is not a Python file") from None
+  scope: dict[str, Any] = {}
+  try:
+    exec(compile(source, path, "exec"), scope)  # noqa: S102  (the user's own config file)
+  except Exception as e:  # noqa: BLE001  (any error in the user's file is one line)
+    raise ValueError(f"--config={path}: {type(e).__name__}: {e}") from None
+  config = scope.get("config")
+  if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+    raise ValueError(f"--config={path} must define `config = dict(name=value, ...)`")
+  return dict(config)
+
+
+def _arguments(argv: Sequence[str] | None):
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = make_parser(argv)
   argv = _expand_flagfiles(argv, parser)
   parser = make_parser(argv)
   args = parser.parse_args(argv)
-  names = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("group")]
-  names += [f"{g}.{f.name}" for g in GROUPS
-            for f in dataclasses.fields(type(getattr(Config(), g)))]
-  overrides = {n: getattr(args, n) for n in names
-               if getattr(args, n) is not None and n != "dataset"}
+  names = [f.name for f in dataclasses.fields(Config) if f.name != "options"]
+  names += [f"{g}.{f.name}" for g, cls in methods.groups().items()
+            for f in dataclasses.fields(cls)]
+  values = {}
+  if args.config:
+    try:
+      values = read_config_file(args.config)
+    except ValueError as e:
+      parser.error(str(e))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+      parser.error(f"--config={args.config}: unknown setting(s) {', '.join(unknown)}")
+  values.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+  dataset = values.pop("dataset", None) or "synthetic"
+  return parser, args, dataset, values
+
+
+def parse_members(argv: Sequence[str] | None = None) -> tuple[list[Config], argparse.Namespace]:
+  """The members a command line names: one Config per combination of the list-valued flags
+  (the seeds last), each in its own workdir; one Config when no flag is a list."""
+  parser, args, dataset, values = _arguments(argv)
+  lists = {k: v for k, v in values.items() if isinstance(v, list) and k != "seed"}
+  varying = list(lists)
+  if isinstance(values.get("seed"), list):
+    lists["seed"] = values["seed"]  # the seeds vary fastest
+  members = []
+  for combo in itertools.product(*lists.values()):
+    member = {**values, **dict(zip(lists, combo))}
+    if lists:
+      base = values.get("workdir") or ""
+      if not base:
+        method = member.get("method", Config.method)
+        mods = member.get("modalities") or ""
+        base = os.path.join("runs", dataset, method + (f"-{mods.replace(',', '+')}"
+                                                       if mods else ""))
+      setting = setting_name({k: member[k] for k in varying}) if varying else ""
+      member["workdir"] = os.path.join(base, setting, f"seed{member.get('seed', 0)}")
+    try:
+      members.append(make_config(dataset, tiny=args.tiny, **member))
+    except ValueError as e:
+      parser.error(str(e))
+  return members, args
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+  """Config from ``--name=value`` flags (plus ``--tiny``, ``--config`` and the multi-host
+  flags); a list-valued flag is refused (`parse_members` takes them)."""
+  parser, args, dataset, values = _arguments(argv)
+  lists = [k for k, v in values.items() if isinstance(v, list)]
+  if lists:
+    parser.error(f"--{lists[0]} is a list here: one run takes one value (python -m "
+                 "experiments.run trains a list as a population)")
   try:
-    cfg = make_config(args.dataset or "synthetic", tiny=args.tiny, **overrides)
+    cfg = make_config(dataset, tiny=args.tiny, **values)
   except ValueError as e:
     parser.error(str(e))
   return cfg, args

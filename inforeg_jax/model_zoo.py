@@ -12,11 +12,12 @@ from inforeg_jax import models
 def trunk(cfg):
   """The 2-D conv trunk ``--encoder`` names (a module factory), or None for transformer."""
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+  conv = models.conv_for_backend()
   if cfg.encoder == "resnet18":
-    return functools.partial(models.ResNet18, width=cfg.width, dtype=dtype)
+    return functools.partial(models.ResNet18, width=cfg.width, dtype=dtype, conv=conv)
   if cfg.encoder == "small_cnn":
     return functools.partial(models.SmallCNN, widths=(cfg.width, 2 * cfg.width, 4 * cfg.width),
-                             dtype=dtype, stem_stride=cfg.stem_stride)
+                             dtype=dtype, stem_stride=cfg.stem_stride, conv=conv)
   return None
 
 

@@ -10,11 +10,14 @@ the released sum/FiLM/gated fusions) and the features.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
 
 # Released-code initialisation: conv kaiming-normal (fan_out), linear xavier-normal, zero bias.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -23,15 +26,80 @@ dense_init = nn.initializers.xavier_normal()
 Fusion = Literal["concat", "sum", "film", "gated"]
 
 
+# ---------------------------------------------------------------- convolution for populations
+
+
+def _hashable(x):
+  """Lists (flax passes the padding as one) as tuples; named tuples (dimension numbers) kept."""
+  if type(x) in (list, tuple):
+    return tuple(_hashable(v) for v in x)
+  return x
+
+
+def member_conv(lhs, rhs, window_strides, padding, **kwargs):
+  """``lax.conv_general_dilated`` that, vmapped over the members of a population (each with its
+  own kernel), runs one native convolution per member instead of one grouped convolution:
+  XLA's CPU backend runs grouped convolutions 3-4x slower per member than plain ones
+  (docs/PERFORMANCE.md), while its other ops vectorise well. Unbatched, it is exactly
+  ``lax.conv_general_dilated``; its derivatives are the native ones, computed the same way."""
+  static = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items()))
+  return _member_conv_op(_hashable(window_strides), _hashable(padding), static)(lhs, rhs)
+
+
+@functools.cache
+def _member_conv_op(window_strides, padding, static):
+  conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
+                           padding=padding, **dict(static))
+
+  def per_member(f, n, batched, args):
+    args = [a if b else jnp.broadcast_to(a, (n,) + a.shape) for a, b in zip(args, batched)]
+    outs = [f(*[a[i] for a in args]) for i in range(n)]
+    return jax.tree.map(lambda *o: jnp.stack(o), *outs)
+
+  @custom_vmap
+  def forward(x, w):
+    return conv(x, w)
+
+  @forward.def_vmap
+  def _(n, batched, x, w):
+    return per_member(conv, n, batched, (x, w)), True
+
+  def grads(x, w, g):
+    return jax.vjp(conv, x, w)[1](g)
+
+  @custom_vmap
+  def backward(x, w, g):
+    return grads(x, w, g)
+
+  @backward.def_vmap
+  def _(n, batched, x, w, g):
+    return per_member(grads, n, batched, (x, w, g)), (True, True)
+
+  @jax.custom_vjp
+  def op(x, w):
+    return forward(x, w)
+
+  op.defvjp(lambda x, w: (forward(x, w), (x, w)), lambda res, g: backward(*res, g))
+  return op
+
+
+def conv_for_backend() -> Callable | None:
+  """The convolution the encoders use: `member_conv` on the CPU, XLA's own elsewhere (a
+  grouped convolution over the members is fast on GPUs and TPUs)."""
+  return member_conv if jax.default_backend() == "cpu" else None
+
+
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv: Callable | None = None  # the convolution (`conv_for_backend`); None: XLA's
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=k // 2, use_bias=False,
-                                         kernel_init=conv_init, dtype=self.dtype, name=name)
+                                         kernel_init=conv_init, dtype=self.dtype, name=name,
+                                         conv_general_dilated=self.conv)
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                      epsilon=1e-5, dtype=self.dtype, name=name)
     y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
@@ -52,6 +120,7 @@ class ResNet18(nn.Module):
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   dtype: Any = jnp.float32
+  conv: Callable | None = None
 
   @property
   def num_stages(self) -> int:
@@ -62,14 +131,15 @@ class ResNet18(nn.Module):
     stages = range(self.num_stages) if stages is None else stages
     if 0 in stages:
       x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, kernel_init=conv_init,
-                  dtype=self.dtype, name="conv_stem")(x.astype(self.dtype))
+                  dtype=self.dtype, name="conv_stem",
+                  conv_general_dilated=self.conv)(x.astype(self.dtype))
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                dtype=self.dtype, name="bn_stem")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i in stages:
       for j in range(self.stage_sizes[i]):
         x = BasicBlock(self.width * 2**i, 2 if (i > 0 and j == 0) else 1, self.dtype,
-                       name=f"stage{i}_block{j}")(x, train)
+                       self.conv, name=f"stage{i}_block{j}")(x, train)
     return x
 
 
@@ -80,6 +150,7 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
   stem_stride: int = 1  # of the first convolution; the others have stride 2
+  conv: Callable | None = None
 
   @property
   def num_stages(self) -> int:
@@ -91,7 +162,8 @@ class SmallCNN(nn.Module):
     for i in range(self.num_stages) if stages is None else stages:
       stride = 2 if i else self.stem_stride
       x = nn.Conv(self.widths[i], (3, 3), (stride, stride), padding=1, use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, name=f"conv{i}")(x)
+                  kernel_init=conv_init, dtype=self.dtype, name=f"conv{i}",
+                  conv_general_dilated=self.conv)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                dtype=self.dtype, name=f"bn{i}")(x))
     return x
@@ -171,8 +243,18 @@ class TwoModalityFusion(nn.Module):
   - film (FiLM, x_film=True, 27-56): ``gamma, beta = split(fc(x))``, ``fc_out(gamma y + beta)``,
     audio conditioning visual, no projections (the feature sizes must agree);
   - gated (GatedFusion, x_gate=True, 59-87): ``fc_out(sigmoid(fc_x(x)) * fc_y(y))``, no residual.
-  A modality's unimodal logits are the fused output with the other modality's features set
-  to zero (paper Sec. 4.5; the releases define none for these fusions)."""
+
+  A modality's unimodal logits (what OGM-GE's ratio, InfoReg's Delta and per-modality
+  accuracy read):
+  - sum: its own layer, ``fc_x(x)`` with ``fc_x``'s bias for audio, ``fc_y(y)`` for visual, as
+    the official OGM-GE/PMR training code (OGM-GE main.py:83-86);
+  - film, gated: the fused output with the other modality's features replaced by their batch
+    mean (held constant), a mean ablation as Greedy's evaluation of one modality alone
+    (balanced_mmtm.py:75-85, the other stream's training-set mean). Zeroing them instead
+    (paper Sec. 4.5) leaves FiLM's visual and gated's audio logits a constant at
+    initialisation (the zero-initialised bias times the modality), the same for every sample;
+    the official codes define none (OGM-GE's raise a shape error; PMR's return the fused
+    logits for both)."""
 
   num_classes: int
   fusion: Fusion
@@ -185,10 +267,12 @@ class TwoModalityFusion(nn.Module):
                        f"fusion_modules.py); {len(names)} given: use --fusion=concat")
     dense = lambda n, name: nn.Dense(n, kernel_init=dense_init, name=name)
     dim = feats[names[0]].shape[-1]
+    x, y = feats[names[0]], feats[names[1]]
     if self.fusion == "sum":
       fc_x, fc_y = dense(self.num_classes, "fc_x"), dense(self.num_classes, "fc_y")
-      fuse = lambda x, y: fc_x(x) + fc_y(y)
-    elif self.fusion == "film":
+      out_x, out_y = fc_x(x), fc_y(y)
+      return out_x + out_y, {names[0]: out_x, names[1]: out_y}
+    if self.fusion == "film":
       if feats[names[1]].shape[-1] != dim:
         raise ValueError("--fusion=film needs features of equal size")
       fc, fc_out = dense(2 * dim, "fc"), dense(self.num_classes, "fc_out")
@@ -200,8 +284,9 @@ class TwoModalityFusion(nn.Module):
       fc_x, fc_y, fc_out = dense(dim, "fc_x"), dense(dim, "fc_y"), dense(self.num_classes,
                                                                           "fc_out")
       fuse = lambda x, y: fc_out(nn.sigmoid(fc_x(x)) * fc_y(y))
-    x, y = feats[names[0]], feats[names[1]]
-    uni = {names[0]: fuse(x, jnp.zeros_like(y)), names[1]: fuse(jnp.zeros_like(x), y)}
+    mean = lambda f: jnp.broadcast_to(jax.lax.stop_gradient(jnp.mean(f, 0, keepdims=True)),
+                                      f.shape)
+    uni = {names[0]: fuse(x, mean(y)), names[1]: fuse(mean(x), y)}
     return fuse(x, y), uni
 
 

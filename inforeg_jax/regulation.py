@@ -56,6 +56,11 @@ def released_trace_term(updates, flat_labels, names) -> jax.Array:
       for n in names])
 
 
+def default_threshold(variant: str = "paper") -> float:
+  """K of Eq. 11 when none is given: 0.04 (paper Sec. 4.7), 0.05 (released code)."""
+  return OFFICIAL_THRESHOLD if variant == "official" else PAPER_THRESHOLD
+
+
 def inforeg_transform(
     param_labels: ParamLabels,
     steps_per_epoch,
@@ -104,12 +109,7 @@ def inforeg_transform(
     raise ValueError(f"window must be 'prime', 'whole' or 'other', got {window!r}")
   if criterion not in ("eq11", "bounded", "trend"):
     raise ValueError(f"criterion must be 'eq11', 'bounded' or 'trend', got {criterion!r}")
-  official = variant == "official"
-  if threshold is None:
-    threshold = OFFICIAL_THRESHOLD if official else PAPER_THRESHOLD
-  if warmup_epochs is None:
-    warmup_epochs = OFFICIAL_WARMUP if official else PAPER_WARMUP
-  # Validate plain numbers; under inject_hyperparams they arrive as arrays.
+  # Validate plain numbers; under inject_hyperparams or in a population they are arrays.
   if isinstance(steps_per_epoch, int) and steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
   if isinstance(beta, (int, float)) and beta < 0:
@@ -118,74 +118,130 @@ def inforeg_transform(
     raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
   if isinstance(max_window_epochs, int) and max_window_epochs < 1:
     raise ValueError(f"max_window_epochs must be >= 1, got {max_window_epochs}")
+  threshold = default_threshold(variant) if threshold is None else threshold
+  if variant == "official":
+    return _official_inforeg(param_labels, steps_per_epoch, threshold,
+                             OFFICIAL_WARMUP if warmup_epochs is None else warmup_epochs,
+                             modalities, window)
+  rule = window_lib.WindowRule(threshold, criterion, max_window_epochs)
+  return _paper_inforeg(param_labels, steps_per_epoch, beta, rule,
+                        PAPER_WARMUP if warmup_epochs is None else warmup_epochs,
+                        modalities, window)
 
-  def setup(params):
-    flat = resolve_labels(param_labels, params)
-    names = tuple(modalities) if modalities is not None else modality_names(flat)
-    missing = set(modality_names(flat)) - set(names)
-    if len(names) < 2 or missing:
-      raise ValueError(f"need >= 2 modalities covering the labels; got {names}, missing {missing}")
-    if official and len(names) != 2:
-      raise ValueError("variant='official' is defined for two modalities (lead one first)")
-    return flat, names
 
+# ---------------------------------------------------------------- shared by both variants
+
+
+def _names(param_labels, params, modalities, exactly: int | None = None):
+  """(flat labels, modality order) of ``params``, checked."""
+  flat = resolve_labels(param_labels, params)
+  names = tuple(modalities) if modalities is not None else modality_names(flat)
+  missing = set(modality_names(flat)) - set(names)
+  if len(names) < 2 or missing:
+    raise ValueError(f"need >= 2 modalities covering the labels; got {names}, missing {missing}")
+  if exactly is not None and len(names) != exactly:
+    raise ValueError("variant='official' is defined for two modalities (lead one first)")
+  return flat, names
+
+
+def _init(names_of):
   def init_fn(params):
-    m = len(setup(params)[1])
-    return InfoRegState(epoch_anchor=jax.tree.map(jnp.asarray, params),
-                        window=window_lib.init(m), alpha=jnp.zeros([m], jnp.float32),
-                        in_window=jnp.zeros([m], bool))
+    m = len(names_of(params)[1])
+    state = window_lib.init(m)
+    return InfoRegState(epoch_anchor=jax.tree.map(jnp.asarray, params), window=state,
+                        alpha=jnp.zeros([m], jnp.float32), in_window=jnp.zeros([m], bool))
+  return init_fn
 
-  def stack(values: dict, names, what: str) -> jax.Array:
-    if values is None or set(values) != set(names):
-      raise ValueError(f"inforeg_transform.update needs {what}= a dict keyed by {names}")
-    return jnp.stack([jnp.asarray(values[n], jnp.float32) for n in names])
 
-  def update_fn(updates, state, params=None, *, unimodal_losses=None, unimodal_scores=None,
-                grad_sq=None, **extra_args):
-    del extra_args
+def _stack(values: dict, names, what: str) -> jax.Array:
+  if values is None or set(values) != set(names):
+    raise ValueError(f"inforeg_transform.update needs {what}= a dict keyed by {names}")
+  return jnp.stack([jnp.asarray(values[n], jnp.float32) for n in names])
+
+
+def _rolled(state: InfoRegState, params, steps_per_epoch, threshold, divisor):
+  """(the trace window with the finished epoch closed, its epoch, the anchor): at an epoch's
+  first step the anchor w^{t-1} moves to the params."""
+  trace = window_lib.roll(state.window, steps_per_epoch, threshold, divisor=divisor)
+  first_step = trace.count % steps_per_epoch == 0
+  anchor = jax.tree.map(lambda w, a: jnp.where(first_step, w, a), params, state.epoch_anchor)
+  return trace, window_lib.epoch_of(trace, steps_per_epoch), anchor
+
+
+def _regulate(updates, params, anchor, flat, names, alpha):
+  """Eq. 12: the gradient of alpha/2 ||w_m - w_m^{t-1}||^2, alpha (w_m - w_m^{t-1}), added to
+  every leaf of encoder m."""
+  alpha_of = {n: alpha[i] for i, n in enumerate(names)}
+  return jax.tree.unflatten(jax.tree.structure(updates), [
+      g if l is None else g + (alpha_of[l] * (w - a)).astype(g.dtype)
+      for g, w, a, l in zip(jax.tree.leaves(updates), jax.tree.leaves(params),
+                            jax.tree.leaves(anchor), flat)])
+
+
+def _finish(trace, in_window, anchor, alpha, warm, grad_sq) -> InfoRegState:
+  trace = trace._replace(in_window=in_window)
+  return InfoRegState(epoch_anchor=anchor,
+                      window=window_lib.record(trace, jnp.asarray(grad_sq, jnp.float32)),
+                      alpha=alpha, in_window=in_window & warm)
+
+
+# ---------------------------------------------------------------- the two algorithms
+
+
+def _paper_inforeg(param_labels, steps_per_epoch, beta, rule: window_lib.WindowRule,
+                   warmup_epochs, modalities, window) -> optax.GradientTransformationExtraArgs:
+  """Algorithm 1: Delta_m from the unimodal losses (Eq. 9-10, erratum applied), the window
+  of Eq. 11 (or our criteria) per modality, alpha = exp(beta tanh Delta) (Eq. 16), Tr(F)
+  from the incoming gradient (Eq. 7, 13), after ``warmup_epochs``."""
+  names_of = lambda params: _names(param_labels, params, modalities)
+
+  def update_fn(updates, state, params=None, *, unimodal_losses=None, grad_sq=None, **extra):
+    del extra
     if params is None:
       raise ValueError("inforeg_transform needs params (the regulation is w - w_anchor)")
-    flat, names = setup(params)
-    # Close the previous epoch (its trace enters the history); the anchor moves to params.
-    trace = window_lib.roll(state.window, steps_per_epoch, threshold,
-                            divisor=1 if official else steps_per_epoch)
-    epoch = window_lib.epoch_of(trace, steps_per_epoch)
-    first_step = trace.count % steps_per_epoch == 0
-    anchor = jax.tree.map(lambda w, a: jnp.where(first_step, w, a), params, state.epoch_anchor)
-
-    if official:
-      in_window = jnp.broadcast_to(
-          window_lib.official_window(trace.trace_history, 0, threshold, epoch), [2])
-      s = stack(unimodal_scores, names, "unimodal_scores")
-      gap = jnp.array([s[0] - s[1], s[1] - s[0]])
-      alpha = jnp.array([OFFICIAL_LEAD_SCALE, OFFICIAL_OTHER_SCALE]) * jnp.exp(jnp.tanh(gap))
-      leads = gap > 0
-    else:
-      in_window = window_lib.flags(trace, threshold, criterion, max_window_epochs)
-      delta = performance_gap(stack(unimodal_losses, names, "unimodal_losses"))
-      alpha = jnp.exp(beta * jnp.tanh(delta))  # Eq. 16
-      leads = delta > 0
+    flat, names = names_of(params)
+    trace, epoch, anchor = _rolled(state, params, steps_per_epoch, rule.threshold,
+                                   steps_per_epoch)
+    in_window = window_lib.flags(trace, rule, steps_per_epoch)
+    delta = performance_gap(_stack(unimodal_losses, names, "unimodal_losses"))
     warm = epoch >= warmup_epochs
-    active = window_lib.gate(in_window, window) & leads & warm
-    alpha = jnp.where(active, alpha, 0.0)
-
-    # Eq. 12: grad of alpha/2 ||w_m - w_m^{t-1}||^2 is alpha (w_m - w_m^{t-1}).
-    alpha_of = {n: alpha[i] for i, n in enumerate(names)}
-    regulated = jax.tree.unflatten(jax.tree.structure(updates), [
-        g if l is None else g + (alpha_of[l] * (w - a)).astype(g.dtype)
-        for g, w, a, l in zip(jax.tree.leaves(updates), jax.tree.leaves(params),
-                              jax.tree.leaves(anchor), flat)])
-
-    if official:  # released code: after regulation, mean of g^2 per weight tensor, summed
-      grad_sq = released_trace_term(regulated, flat, names)
-    elif grad_sq is None:  # Eq. 7/13: the incoming gradient, before regulation
+    active = window_lib.gate(in_window, window) & (delta > 0) & warm
+    alpha = jnp.where(active, jnp.exp(beta * jnp.tanh(delta)), 0.0)  # Eq. 16
+    if grad_sq is None:  # Eq. 7/13: the incoming gradient, before regulation
       grad_sq = window_lib.grad_sq_norms(updates, flat, names)
-    new_state = InfoRegState(epoch_anchor=anchor,
-                             window=window_lib.record(trace, jnp.asarray(grad_sq, jnp.float32)),
-                             alpha=alpha, in_window=in_window & warm)
-    return regulated, new_state
+    return (_regulate(updates, params, anchor, flat, names, alpha),
+            _finish(trace, in_window, anchor, alpha, warm, grad_sq))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(_init(names_of), update_fn)
+
+
+def _official_inforeg(param_labels, steps_per_epoch, threshold, warmup_epochs, modalities,
+                      window) -> optax.GradientTransformationExtraArgs:
+  """The released code (METHOD.md): scores are batch sums of the true-class probability, the
+  lead (first) modality's 10-epoch moving-average criterion for both, alpha = 0.95 or 0.10
+  times exp(tanh(score gap)) for the leader, the trace from the regulated gradient."""
+  names_of = lambda params: _names(param_labels, params, modalities, exactly=2)
+  rule = window_lib.WindowRule(threshold, "official", lead=0)
+
+  def update_fn(updates, state, params=None, *, unimodal_scores=None, **extra):
+    del extra
+    if params is None:
+      raise ValueError("inforeg_transform needs params (the regulation is w - w_anchor)")
+    flat, names = names_of(params)
+    trace, epoch, anchor = _rolled(state, params, steps_per_epoch, threshold, 1)
+    in_window = window_lib.flags(trace, rule, steps_per_epoch)
+    s = _stack(unimodal_scores, names, "unimodal_scores")
+    gap = jnp.array([s[0] - s[1], s[1] - s[0]])
+    warm = epoch >= warmup_epochs
+    active = window_lib.gate(in_window, window) & (gap > 0) & warm
+    alpha = jnp.array([OFFICIAL_LEAD_SCALE, OFFICIAL_OTHER_SCALE]) * jnp.exp(jnp.tanh(gap))
+    alpha = jnp.where(active, alpha, 0.0)
+    regulated = _regulate(updates, params, anchor, flat, names, alpha)
+    # released code: after regulation, mean of g^2 per weight tensor, summed
+    grad_sq = released_trace_term(regulated, flat, names)
+    return regulated, _finish(trace, in_window, anchor, alpha, warm, grad_sq)
+
+  return optax.GradientTransformationExtraArgs(_init(names_of), update_fn)
 
 
 def find_inforeg_state(opt_state) -> InfoRegState:

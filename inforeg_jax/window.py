@@ -7,7 +7,10 @@ records it (updates pass unchanged), and `inforeg_transform` keeps one inside it
 every optimizer built by the trainer holds exactly one (`find_window`).
 
 An epoch is closed lazily, at the first step of the next one (`roll`), so the criterion for a
-step is a pure function of the state before it (`flags`).
+step is a pure function of the state before it (`flags`). What decides the window is one
+`WindowRule` (K and the criterion), computed by `flags` alone: the transformation that applies
+it records the flags it used in its state (``TraceWindow.in_window``), and the train step
+logs those, so the logged window is always the applied one.
 """
 
 from __future__ import annotations
@@ -24,8 +27,18 @@ from inforeg_jax.labels import ParamLabels, modality_names, resolve_labels
 # needs 11 traces; the zero initialisation is the ten zeros its history starts with).
 TRACE_HISTORY = 11
 
-Criterion = Literal["eq11", "bounded", "trend"]
+Criterion = Literal["eq11", "bounded", "trend", "official"]
 Window = Literal["prime", "whole", "other"]
+
+
+class WindowRule(NamedTuple):
+  """What decides the prime learning window: K of Eq. 11 (a traced value in a population) and
+  the criterion (`flags`)."""
+
+  threshold: object = 0.04  # K
+  criterion: Criterion = "eq11"
+  max_epochs: int = 3  # the bound of "bounded"
+  lead: int = 0  # "official": the modality whose trace decides (the released code's audio)
 
 
 class TraceWindow(NamedTuple):
@@ -35,13 +48,15 @@ class TraceWindow(NamedTuple):
   grad_sq_sum: jax.Array  # f32[M], this epoch's sum of ||g_m||^2
   trace_history: jax.Array  # f32[TRACE_HISTORY, M], Tr(F_m) of past epochs, newest last
   open_epochs: jax.Array  # int32[M], consecutive closed epochs the window has been open
+  in_window: jax.Array | None = None  # bool[M], the flags the last update used
 
 
 def init(num_modalities: int) -> TraceWindow:
   return TraceWindow(count=jnp.zeros([], jnp.int32),
                      grad_sq_sum=jnp.zeros([num_modalities], jnp.float32),
                      trace_history=jnp.zeros([TRACE_HISTORY, num_modalities], jnp.float32),
-                     open_epochs=jnp.zeros([num_modalities], jnp.int32))
+                     open_epochs=jnp.zeros([num_modalities], jnp.int32),
+                     in_window=jnp.zeros([num_modalities], bool))
 
 
 def grad_sq_norms(grads, flat_labels: Sequence, modalities: Sequence[str]) -> jax.Array:
@@ -85,28 +100,39 @@ def record(state: TraceWindow, grad_sq: jax.Array) -> TraceWindow:
                         grad_sq_sum=state.grad_sq_sum + grad_sq)
 
 
-def flags(state: TraceWindow, threshold, criterion: Criterion = "eq11",
-          max_epochs: int = 0) -> jax.Array:
-  """bool[M]: whether each modality is in its prime learning window, from a rolled state.
+def flags(state: TraceWindow, rule: WindowRule, steps_per_epoch=None) -> jax.Array:
+  """bool[M]: whether each modality is in its prime learning window, from a rolled state (the
+  criteria compare traces by ratios, so the trace's scale, mean or sum, does not matter).
 
-  ``criterion``:
+  ``rule.criterion``:
   - ``"eq11"``: the paper's Eq. 11 on the last two epochs' traces.
   - ``"bounded"``: Eq. 11, but a window closes after ``max_epochs`` consecutive open epochs
     (our option, docs/RESULTS.md: on AV-MNIST the leader's trace rises all run and Eq. 11
     never closes).
   - ``"trend"``: the relative rise of the 3-epoch mean over the previous 3-epoch mean
     exceeds K, so one noisy epoch neither opens nor keeps the window open (our option).
+  - ``"official"``: the released code's moving-average criterion on the ``lead`` modality's
+    trace, for every modality (`official_window`; needs ``steps_per_epoch`` for the epoch).
   """
-  history = state.trace_history
+  history, threshold, criterion = state.trace_history, rule.threshold, rule.criterion
   if criterion == "eq11":
     return prime_window(history, threshold)
   if criterion == "bounded":
-    return prime_window(history, threshold) & (state.open_epochs <= max_epochs)
+    return prime_window(history, threshold) & (state.open_epochs <= rule.max_epochs)
+  if criterion == "official":
+    epoch = epoch_of(state, steps_per_epoch)
+    return jnp.broadcast_to(official_window(history, rule.lead, threshold, epoch),
+                            history.shape[1:])
   if criterion == "trend":
     now, before = jnp.mean(history[-3:], axis=0), jnp.mean(history[-6:-3], axis=0)
     full = jnp.all(history[-6:] > 0, axis=0)
     return full & ((now - before) / jnp.where(now > 0, now, 1.0) > threshold)
-  raise ValueError(f"criterion must be eq11, bounded or trend; got {criterion!r}")
+  raise ValueError(f"criterion must be eq11, bounded, trend or official; got {criterion!r}")
+
+
+def upcoming(state: TraceWindow, rule: WindowRule, steps_per_epoch) -> jax.Array:
+  """bool[M]: the flags the next update of the transformation holding ``state`` will use."""
+  return flags(roll(state, steps_per_epoch, rule.threshold), rule, steps_per_epoch)
 
 
 def official_window(trace_history: jax.Array, lead: int, threshold, epoch) -> jax.Array:
@@ -130,10 +156,11 @@ def gate(in_window, window: Window):
   raise ValueError(f"window must be prime, whole or other; got {window!r}")
 
 
-def track_window(param_labels: ParamLabels, steps_per_epoch: int, threshold=0.04,
-                 modalities: Sequence[str] | None = None
+def track_window(param_labels: ParamLabels, steps_per_epoch: int,
+                 rule: WindowRule = WindowRule(), modalities: Sequence[str] | None = None
                  ) -> optax.GradientTransformationExtraArgs:
-  """Records Tr(F_m) per epoch in the optimizer state; the updates pass unchanged.
+  """Records Tr(F_m) per epoch in the optimizer state, and the window flags of ``rule`` for
+  each step (``in_window``); the updates pass unchanged.
 
   ``update(..., grad_sq=f32[M])`` takes this step's ``||g_m||^2`` when the caller has
   computed it already (the train step does), else computes it from the updates.
@@ -152,7 +179,8 @@ def track_window(param_labels: ParamLabels, steps_per_epoch: int, threshold=0.04
     del params, extra_args
     if grad_sq is None:
       grad_sq = grad_sq_norms(updates, *names_of(updates))
-    state = roll(state, steps_per_epoch, threshold)
+    state = roll(state, steps_per_epoch, rule.threshold)
+    state = state._replace(in_window=flags(state, rule, steps_per_epoch))
     return updates, record(state, jnp.asarray(grad_sq, jnp.float32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,38 +1,23 @@
-"""G-Blending's held-out split (the official weight numbers are in test_golden_gblending.py)."""
+"""G-Blending reads a validation split: a run without one is refused, with one line (the
+official numbers are in test_golden_gblending.py)."""
 
-import numpy as np
+import pytest
 
+from inforeg_jax import trainer
 from inforeg_jax.config import make_config
 from inforeg_jax.data import Dataset
+from inforeg_jax.data.synthetic import SyntheticSpec, make_synthetic
 from inforeg_jax.methods.gblending import GBlending
 
 
-def dataset(n, val=None):
-  train = {"audio": np.arange(n, dtype=np.float32)[:, None], "label": np.arange(n) % 3}
-  return Dataset("synthetic", train, train, 3, {"audio": "spectrogram"}, val=val)
-
-
-def test_a_validation_split_is_used_as_it_is():
-  d = dataset(20, val={"audio": np.zeros((4, 1), np.float32), "label": np.zeros(4, int)})
-  assert GBlending.split_data(make_config(method="gblending"), d) is d
-
-
-def test_without_one_a_seeded_fraction_is_held_out():
-  cfg = make_config(method="gblending", **{"gblending.holdout": 0.2})
-  out = GBlending.split_data(cfg, dataset(50))
-  held, kept = out.val["audio"][:, 0], out.train["audio"][:, 0]
-  assert len(held) == 10 and len(kept) == 40  # round(50 * 0.2)
-  assert sorted(np.concatenate([held, kept]).tolist()) == list(range(50))  # disjoint, all
-  np.testing.assert_array_equal(out.val["label"], held.astype(int) % 3)  # rows stay whole
-  again = GBlending.split_data(cfg, dataset(50))
-  np.testing.assert_array_equal(again.val["audio"], out.val["audio"])  # seeded
-  other = GBlending.split_data(make_config(method="gblending", seed=1,
-                                           **{"gblending.holdout": 0.2}), dataset(50))
-  assert not np.array_equal(other.val["audio"], out.val["audio"])
-  tiny = GBlending.split_data(make_config(method="gblending", **{"gblending.holdout": 0.01}),
-                              dataset(10))
-  assert len(tiny.val["audio"]) == 1  # at least one example
-
-
-def test_the_published_heads():
-  assert GBlending.unimodal_heads  # a head per modality (Wang et al.)
+def test_a_run_without_a_validation_split_is_refused(tmp_path):
+  assert GBlending.needs_validation
+  spec = SyntheticSpec(num_train=32, num_test=16, num_val=0, audio_shape=(8, 8), image_size=8,
+                       template_size=3)
+  s = make_synthetic(spec)
+  ds = Dataset("synthetic", s["train"], s["test"], spec.num_classes,
+               {"audio": "spectrogram", "visual": "frames"})
+  cfg = make_config(method="gblending", tiny=True, workdir=str(tmp_path / "g"))
+  with pytest.raises(trainer.RunError, match="reads a validation split"):
+    trainer.train(cfg, ds, progress=False)
+  assert not (tmp_path / "g" / "metrics.jsonl").exists()

@@ -36,9 +36,10 @@ import pytest
 from inforeg_jax.labels import modality_labels, resolve_labels
 from inforeg_jax.methods.agm import (AGM, coefficients, conditional_clip, modulated_sum, ratios,
                                      response_scores, shapley_responses, update_running)
-from inforeg_jax.methods.base import Setup, StepContext
+from inforeg_jax import config
+from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.options import AGMOptions
-from inforeg_jax.train import TrainState, make_forward, make_train_step
+from inforeg_jax.train import MemberBuilder, TrainState, make_forward, make_train_step
 from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "agm.json")))
@@ -75,7 +76,7 @@ def iteration_of(epoch, step, total_batch):
 def agm_method(modalities, alpha, steps_per_epoch=2, num_classes=3):
   cfg = types.SimpleNamespace(options=AGMOptions(alpha=alpha))
   return AGM(cfg, Setup(modalities=tuple(modalities), num_classes=num_classes,
-                        steps_per_epoch=steps_per_epoch, window="whole", threshold=0.04))
+                        steps_per_epoch=steps_per_epoch, window="whole"))
 
 
 SEQUENCE_CASES = [n for n, c in CASES.items()
@@ -87,8 +88,10 @@ def rule_step(mods, scores, running, alpha, clamp, step):
   """ratio, target, coefficients, and the running means after `AGM.after_step`'s update
   (iteration = the global step + 1) and after `update_running` itself."""
   ctx = StepContext(step=step, epoch=jnp.zeros([], jnp.int32), active=jnp.asarray(True))
-  after = agm_method(mods, 1.0).after_step({"running_scores": running}, {"scores": scores},
-                                           None, ctx)
+  obj = Objective(jnp.zeros(1), {}, {}, 0.0, {}, None,
+                  carry={"scores": scores, "last_coefs": jnp.ones_like(scores)})
+  after = agm_method(mods, 1.0).after_step(
+      {"running_scores": running, "last_coefs": jnp.ones_like(scores)}, obj, None, ctx)
   return (ratios(scores), ratios(running), coefficients(scores, running, alpha, clamp),
           after["running_scores"], update_running(running, scores, step + 1))
 
@@ -328,22 +331,28 @@ def tiny_program():
   method's objective and gradients alone on the state before it (the gradients before and
   after the clip, which the train step does not return), in one jit."""
   model = TinyAV()
-  method = agm_method(MODS2, 1.5, steps_per_epoch=2)
   example = {"audio": jnp.zeros([4, 3]), "visual": jnp.zeros([4, 5])}
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))
   labels = modality_labels(shapes["params"], MODS2)
   flat_labels = resolve_labels(labels, shapes["params"])
-  tx = optax.chain(*method.transforms(labels), optax.add_decayed_weights(1e-4),
-                   optax.sgd(0.05, momentum=0.9))
-  train_step = make_train_step(model, tx, method, flat_labels)
+  # SGD lr 0.05, momentum 0.9, weight decay 1e-4 (no StepLR decay inside three steps)
+  cfg = config.make_config(method="agm", learning_rate=0.05, momentum=0.9, weight_decay=1e-4,
+                           epochs=10, lr_step_epochs=10, window="whole",
+                           **{"agm.alpha": 1.5})
+  builder = MemberBuilder(cfg, Setup(MODS2, 3, steps_per_epoch=2, window="whole"), labels)
+  method, tx = builder.build()
+  hp = config.member_values(cfg)
+  train_step = make_train_step(model, builder, flat_labels)
 
   def parts(state, batch):
     ctx = StepContext(step=state.step, epoch=state.step // 2, active=jnp.asarray(True))
     fwd = make_forward(model, state.batch_stats, jax.random.key(0))
-    terms, vjp_fn, aux = jax.vjp(
-        lambda p: method.objective(fwd, p, state.method_state, batch, ctx), state.params,
-        has_aux=True)
-    grads, unclipped, metrics = method.gradients(vjp_fn, terms, aux, ctx, flat_labels)
+    terms, vjp_fn, obj = jax.vjp(
+        lambda p: (lambda o: (o.terms, o))(
+            method.objective(fwd, p, state.method_state, batch, ctx)),
+        state.params, has_aux=True)
+    grads, unclipped, metrics = method.gradients(vjp_fn, obj, ctx, flat_labels)
+    metrics = {**obj.metrics, **metrics}
     # every pass's logits as the objective computes them (to localise a failure)
     out, new_stats = fwd(state.params, batch["inputs"])
     passes = {"total_out": out["logits"]}
@@ -355,7 +364,7 @@ def tiny_program():
 
   @jax.jit
   def step(state, batch):
-    return parts(state, batch), train_step(state, batch, jax.random.key(0))
+    return parts(state, batch), train_step(state, batch, hp)
 
   return method, tx, step
 

@@ -4,20 +4,17 @@ code has fixed weights only).
 
 Head order: the golden lists the modalities then "output"; ours is ("fused", *modalities).
 
-- ``blend_weights`` on every `weights` case, from the case's pre/now terms. Ours measures mean
-  losses, the official sums of batch losses (a named difference): the formula
-  ``|DeltaG| / DeltaO^2``, normalised, must match on the given terms (which are checked against
-  the batch losses first).
-- Degenerate cases the official code crashes on (ZeroDivisionError): every DeltaG = 0 (all
-  weights 0) and DeltaO = 0. Ours: equal weights when all raw weights are 0 (DeltaO = 0 with
-  DeltaG = 0 included); DeltaO = 0 with DeltaG != 0 is finite, that head taking (nearly) all
-  the weight (the limit of the formula), which the module docstring does not name.
-- The blended loss ``sum_k w_k CE_k`` through `GBlending.objective`, given the golden's logits
-  (ours come from separate linear heads, the golden's from slices of the shared fusion head: a
-  named difference; the slice logits are checked against fc_weight/fc_bias first).
-- The schedule: `GBlending.on_start` / `on_epoch_end` on a fake loop; the recompute itself
-  (one trial per head, `trial_epochs` epochs each, the main state untouched) on a fake loop
-  with scripted losses.
+- ``blend_weights`` on every `weights` case, from the case's pre/now terms.
+- The whole recompute (`GBlending.recompute`) on every `weights` case: a fake loop serves the
+  golden's per-batch losses (a trial's training steps, then its held-out batches), and the
+  weights must be the golden's: the losses are sums of batch losses, "pre" after the trial's
+  first epoch and "now" after its last (the super-epoch), the heads in the official order.
+- Degenerate cases the official code crashes on (ZeroDivisionError): ours stays finite.
+- The blended loss ``sum_k w_k CE_k`` through `GBlending.objective`, the unimodal logits being
+  the shared head's slices (+ b / M) as the golden's, from `models.ConcatHead` itself.
+- A trial's inputs: the other modalities zeroed (after the preprocessing), every parameter
+  trained on the fused output.
+- The schedule: `GBlending.on_start` / `on_epoch_end` on a fake loop.
 """
 
 import json
@@ -32,6 +29,7 @@ import pytest
 from inforeg_jax.methods.base import Setup, StepContext
 from inforeg_jax.methods.gblending import GBlending, blend_weights
 from inforeg_jax.methods.options import GBlendingOptions
+from inforeg_jax.models import ConcatHead
 from inforeg_jax.train import TrainState
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "gblending.json")))
@@ -47,12 +45,12 @@ def ours_order(modalitys):
   return ["output"] + list(modalitys)
 
 
-def make_method(modalities, super_epoch=10, trial_epochs=10, epochs=30):
+def make_method(modalities, super_epoch=10, epochs=30, batch_size=4, scale="official"):
   cfg = types.SimpleNamespace(options=GBlendingOptions(super_epoch=super_epoch,
-                                                       trial_epochs=trial_epochs),
-                              epochs=epochs)
+                                                       weight_scale=scale),
+                              epochs=epochs, batch_size=batch_size)
   return GBlending(cfg, Setup(modalities=tuple(modalities), num_classes=4, steps_per_epoch=5,
-                              window="whole", threshold=0.04))
+                              window="whole"))
 
 
 @pytest.mark.parametrize("name", kind("weights"))
@@ -101,36 +99,55 @@ def test_blended_loss_through_the_objective(name):
   c = CASES[name]
   i, e = c["inputs"], c["expected"]
   mods = list(i["modalitys"])
-  f = {m: np.asarray(i["features"][m]) for m in mods}
+  f = {m: jnp.asarray(i["features"][m], jnp.float32) for m in mods}
   w_fc, b_fc = np.asarray(i["fc_weight"]), np.asarray(i["fc_bias"])
-  # the golden's logits are the shared head's slices (+ b / M) and the fused output
-  col, n = 0, len(mods)
+  # our concat head gives the golden's logits: the shared head's slices (+ b / M) and the fused
+  head = {"params": {"kernel": jnp.asarray(w_fc.T, jnp.float32),
+                     "bias": jnp.asarray(b_fc, jnp.float32)}}
+  fused, uni = ConcatHead(len(b_fc)).apply(head, f)
   for m in mods:
-    d = f[m].shape[1]
-    np.testing.assert_allclose(e["logits"][m], f[m] @ w_fc[:, col:col + d].T + b_fc / n,
-                               rtol=1e-10)
-    col += d
-  np.testing.assert_allclose(e["logits"]["output"],
-                             np.concatenate([f[m] for m in mods], 1) @ w_fc.T + b_fc,
-                             rtol=1e-10)
+    np.testing.assert_allclose(uni[m], e["logits"][m], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(fused, e["logits"]["output"], rtol=1e-5, atol=1e-6)
   method = make_method(mods)
-  logits = {h: jnp.asarray(e["logits"][h], jnp.float32) for h in ["output"] + mods}
 
-  def fwd(params, inputs, train=True, batch_stats=None):
-    return {"logits": params["output"], "unimodal_logits": {m: params[m] for m in mods}}, {}
+  def fwd(params, inputs, train=True, batch_stats=None):  # the head over the inputs (features)
+    out, uni = ConcatHead(len(b_fc)).apply(params, inputs)
+    return {"logits": out, "unimodal_logits": uni}, {}
 
   weights = jnp.asarray([i["weights"][h] for h in ours_order(mods)], jnp.float32)
   ctx = StepContext(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([], jnp.int32),
                     active=jnp.asarray(True))
-  terms, aux = jax.jit(lambda p: method.objective(
-      fwd, p, {"weights": weights}, {"inputs": {}, "label": jnp.asarray(i["label"])}, ctx))(
-          logits)
-  np.testing.assert_allclose(terms.sum(), e["loss"], rtol=1e-5)
-  np.testing.assert_allclose(aux["fused"], e["per_head_ce"]["output"], rtol=1e-5)
+  state = {"weights": weights, "keep": jnp.ones([len(mods)])}
+  obj = jax.jit(lambda p: method.objective(
+      fwd, p, state, {"inputs": f, "label": jnp.asarray(i["label"])}, ctx))(head)
+  np.testing.assert_allclose(obj.terms.sum(), e["loss"], rtol=1e-5)
+  np.testing.assert_allclose(obj.fused_loss, e["per_head_ce"]["output"], rtol=1e-5)
   for m in mods:
-    np.testing.assert_allclose(aux["uni"][m], e["per_head_ce"][m], rtol=1e-5)
+    np.testing.assert_allclose(obj.unimodal_losses[m], e["per_head_ce"][m], rtol=1e-5)
   for k, h in enumerate(method.heads):
-    np.testing.assert_allclose(aux["metrics"][f"weight_{h}"], weights[k])
+    np.testing.assert_allclose(obj.metrics[f"weight_{h}"], weights[k])
+
+
+def test_a_trial_zeroes_the_other_modalities_inputs():
+  mods = ("audio", "visual")
+  method = make_method(mods)
+  seen = []
+
+  def fwd(params, inputs, train=True, batch_stats=None):
+    seen.append({m: np.asarray(x) for m, x in inputs.items()})
+    z = jnp.zeros([2, 4]) + params
+    return {"logits": z, "unimodal_logits": {m: z for m in mods}}, {}
+
+  batch = {"inputs": {"audio": jnp.ones([2, 3]), "visual": jnp.full([2, 5], 2.0)},
+           "label": jnp.array([0, 1])}
+  ctx = StepContext(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([], jnp.int32),
+                    active=jnp.asarray(True))
+  method.objective(fwd, jnp.float32(0), {"weights": jnp.array([1.0, 0, 0]),
+                                         "keep": jnp.array([0.0, 1.0])}, batch, ctx)
+  assert not seen[-1]["audio"].any() and (seen[-1]["visual"] == 2.0).all()
+  method.objective(fwd, jnp.float32(0), {"weights": jnp.array([1.0, 0, 0]),
+                                         "keep": jnp.array([1.0, 1.0])}, batch, ctx)
+  assert (seen[-1]["audio"] == 1.0).all()
 
 
 # ------------------------------------------------------------------ schedule and recompute
@@ -153,7 +170,7 @@ def test_schedule(name):
   i, e = CASES[name]["inputs"], CASES[name]["expected"]
   seen = recompute_epochs(i["max_epochs"], i["super_epoch"])
   assert [s for s in seen if s < i["max_epochs"]] == e["recompute_at_epochs"]
-  assert e["trial_epochs_per_head"] == i["super_epoch"]
+  assert e["trial_epochs_per_head"] == i["super_epoch"]  # ours: the trial is the super-epoch
 
 
 def test_no_recompute_after_the_last_epoch():
@@ -161,60 +178,73 @@ def test_no_recompute_after_the_last_epoch():
 
 
 def test_defaults_are_the_online_reference():
-  """BalanceBenchmark's defaults: super_epoch 10, trials as long as the super-epoch. (Its
-  `offline` method, one recompute at epoch 0 with max_epochs-long trials, has no option here.)"""
-  o = GBlendingOptions()
-  i = CASES["schedule_online_max30_se10"]["inputs"]
-  assert o.super_epoch == i["super_epoch"]
-  assert o.trial_epochs == CASES["schedule_online_max30_se10"]["expected"][
-      "trial_epochs_per_head"]
+  """BalanceBenchmark's default super_epoch 10. (Its `offline` method, one recompute at epoch
+  0 with max_epochs-long trials, is --gblending.super_epoch=<epochs>.)"""
+  assert GBlendingOptions().super_epoch == CASES["schedule_online_max30_se10"]["inputs"][
+      "super_epoch"]
+  assert GBlendingOptions().weight_scale == "official"
 
 
-class FakeRecomputeLoop:
-  """`trainer.Loop` as `GBlending.recompute` uses it. A training epoch adds 1 to the one
-  parameter ``w``; head k's loss on split s after t trial epochs is ``base[s][k] -
-  slope[s][k] t`` (the heads read off the one-hot trial weights)."""
+class GoldenLoop:
+  """`trainer.Loop` as `GBlending.recompute` uses it, for a population of one member: a trial
+  epoch's training steps report the golden's batch losses of that head and epoch, and its
+  held-out evaluation their sum (as the mean loss over ``batches`` equal batches)."""
 
-  def __init__(self, base, slope, heads):
-    self.base, self.slope, self.heads = base, slope, heads
-    n = 6
-    self.dataset = types.SimpleNamespace(
-        train={"label": np.zeros(2 * n), "split": np.zeros(2 * n)},
-        val={"label": np.zeros(n), "split": np.ones(n)})
-    self.program = types.SimpleNamespace(tx=types.SimpleNamespace(init=lambda p: {"fresh": 0}))
-    self.epochs_trained = {}
+  def __init__(self, per_head, modalitys, batch_size=4):
+    self.per_head, self.modalitys = per_head, list(modalitys)
+    nb = max(len(v) for h in per_head.values() for v in h["val_batch_losses"])
+    self.batches = nb
+    self.dataset = types.SimpleNamespace(val={"label": np.zeros(nb * batch_size + 3)})
+    self.members = 1
+    self.epochs, self.head = {}, None
 
-  def replicate(self, tree):
+  def place(self, tree):
     return tree
 
-  def train_epoch(self, state, epoch):
-    k = int(np.argmax(state.method_state["weights"]))
-    assert state.opt_state == {"fresh": 0}  # the trial optimizer starts fresh
-    self.epochs_trained[k] = self.epochs_trained.get(k, 0) + 1
-    return state.replace(params={"w": state.params["w"] + 1}), []
+  def init_opt_state(self, params):
+    return {"fresh": 0}
 
-  def evaluate(self, state, arrays):
-    split = "val" if arrays["split"][0] else "train"
-    t = float(state.params["w"])
-    loss = [self.base[split][k] - self.slope[split][k] * t for k in range(len(self.heads))]
-    return {"loss": loss[0], **{f"loss_{h}": loss[k] for k, h in enumerate(self.heads) if k}}
+  def head_of(self, state):
+    keep = np.asarray(state.method_state["keep"])[0]
+    assert np.asarray(state.method_state["weights"])[0].tolist() == [1.0] + [0.0] * len(keep)
+    return "output" if keep.all() else self.modalitys[int(np.argmax(keep))]
+
+  def train_epoch(self, state, key):
+    assert state.opt_state == {"fresh": 0}  # each trial starts a fresh optimizer
+    head = self.head_of(state)
+    e = self.epochs[head] = self.epochs.get(head, -1) + 1
+    losses = self.per_head[head]["train_batch_losses"][e]
+    return state, [{"fused_loss": jnp.asarray([x], jnp.float32)} for x in losses]
+
+  def evaluate(self, state, arrays, zeroed=(), limit=None):
+    head = self.head_of(state)
+    assert set(zeroed) == ({m for m in self.modalitys if m != head} if head != "output"
+                           else set())  # the other inputs zeroed, as in its training
+    assert limit == self.batches * 4  # the loader drops the last, partial batch
+    e = self.epochs[head]
+    v = self.per_head[head]["val_batch_losses"][e]
+    return {"loss": np.asarray([sum(v) / self.batches])}
 
 
-def test_recompute_trains_one_trial_per_head():
-  mods = ("audio", "visual")
-  method = make_method(mods, super_epoch=10, trial_epochs=3)
-  base = {"train": [2.0, 2.2, 2.4], "val": [2.5, 2.6, 2.9]}
-  slope = {"train": [0.3, 0.1, 0.2], "val": [0.1, 0.05, -0.02]}
-  loop = FakeRecomputeLoop(base, slope, method.heads)
-  state = TrainState(step=jnp.zeros([], jnp.int32), params={"w": jnp.zeros([])},
+@pytest.mark.parametrize("name", [n for n in kind("weights")
+                                  if CASES[n]["inputs"]["super_epoch"] > 1])
+def test_recompute_reproduces_the_official_weights(name):
+  c = CASES[name]
+  i, e = c["inputs"], c["expected"]
+  mods = list(i["modalitys"])
+  method = make_method(mods, super_epoch=i["super_epoch"])
+  loop = GoldenLoop(i["per_head"], mods)
+  state = TrainState(step=jnp.zeros([1], jnp.int32), params={"w": jnp.zeros([1])},
                      batch_stats={}, opt_state={"main": 1},
-                     method_state=method.init_state(None, None))
-  np.testing.assert_allclose(state.method_state["weights"], [1 / 3] * 3)
-  new = method.on_start(loop, state)
-  assert loop.epochs_trained == {0: 3, 1: 3, 2: 3}
-  assert float(new.params["w"]) == 0.0 and new.opt_state == {"main": 1}
-  t = 3
-  want = blend_weights(base["train"], base["val"],
-                       [b - s * t for b, s in zip(base["train"], slope["train"])],
-                       [b - s * t for b, s in zip(base["val"], slope["val"])])
-  np.testing.assert_allclose(new.method_state["weights"], want, rtol=1e-6)
+                     method_state=jax.tree.map(lambda x: x[None],
+                                               method.init_state(None, None)))
+  new = method.recompute(loop, state, 0)
+  assert loop.epochs == {h: i["super_epoch"] - 1 for h in ours_order(mods)}
+  assert new.opt_state == {"main": 1}  # the main state is untouched by the trials
+  want = [e["weights"][h] for h in ours_order(mods)]
+  np.testing.assert_allclose(np.asarray(new.method_state["weights"])[0], want, rtol=2e-5)
+  # --gblending.weight_scale=heads: the same weights, summing to the number of heads
+  heads = make_method(mods, super_epoch=i["super_epoch"], scale="heads")
+  scaled = heads.recompute(GoldenLoop(i["per_head"], mods), state, 0)
+  np.testing.assert_allclose(np.asarray(scaled.method_state["weights"])[0],
+                             np.asarray(want) * len(want), rtol=2e-5)

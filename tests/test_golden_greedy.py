@@ -48,11 +48,11 @@ import pytest
 from inforeg_jax import config
 from inforeg_jax.labels import modality_labels, resolve_labels
 from inforeg_jax.methods import get
-from inforeg_jax.methods.base import Setup, StepContext
+from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.greedy import (MMTM, Greedy, _excite, _squeeze, bdr, learning_speeds,
                                         next_phase)
 from inforeg_jax.methods.options import GreedyOptions
-from inforeg_jax.train import create_state, make_train_step
+from inforeg_jax.train import MemberBuilder, make_create_state, make_train_step
 from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "greedy.json")))
@@ -134,7 +134,7 @@ def greedy_method(threshold=0.01, start_epoch=1, phase_steps=5, official_running
                           official_running_average=official_running_average)
   cfg = types.SimpleNamespace(options=options, encoder="small_cnn", fusion="concat")
   return Greedy(cfg, Setup(modalities=MODS, num_classes=3, steps_per_epoch=steps_per_epoch,
-                           window="whole", threshold=0.04))
+                           window="whole"))
 
 
 def greedy_tree(mmtm, fill):
@@ -191,9 +191,10 @@ def test_official_mmtm_sequence():
     assert np.any(np.asarray(g_params["fc_squeeze"]["kernel"]))
     # the state carried to the next call, as the train step carries it
     grads = greedy_tree(g_params, 1.0)
-    aux = {"out": {"mmtm_running": (new_running,)}, "params": greedy_tree(params, 1.0)}
+    obj = Objective(jnp.zeros(1), {"mmtm_running": (new_running,)}, {}, 0.0, {}, None,
+                    carry=greedy_tree(params, 1.0))
     ctx = StepContext(step=jnp.asarray(k), epoch=jnp.asarray(0), active=jnp.asarray(True))
-    state = after_step(state, aux, grads, ctx)
+    state = after_step(state, obj, grads, ctx)
     assert float(state["count"]) == e["step_after"]
     np.testing.assert_array_equal(state["running"][0], new_running)
 
@@ -358,7 +359,8 @@ def run_after_step(params, grads, *, spe, start_epoch, threshold, window):
   def body(state, xs):
     k, p, g = xs
     ctx = StepContext(step=k, epoch=k // spe, active=jnp.asarray(True))
-    new = method.after_step(state, {"out": {"mmtm_running": ()}, "params": p}, g, ctx)
+    obj = Objective(jnp.zeros(1), {"mmtm_running": ()}, {}, 0.0, {}, None, carry=p)
+    new = method.after_step(state, obj, g, ctx)
     return new, (state["phase"], new["phase"])
   n = grads["audio"]["conv"]["kernel"].shape[0]
   _, (before, after) = jax.lax.scan(body, state, (jnp.arange(n), params, grads))
@@ -452,9 +454,9 @@ def test_curation_step_cuts_the_caring_modality_fc_gradient():
   """A tiny jitted Greedy train step (the --tiny synthetic config, SmallCNN trunks): with plain
   SGD at lr 1 the update is minus the gradient, so ``fc_<caring>`` of every MMTM is unchanged
   in a curation step while everything else moves; in a normal step every fc moves."""
-  cfg = config.make_config("synthetic", tiny=True, method="greedy")
-  method = get("greedy")(cfg, Setup(MODS, 6, steps_per_epoch=2, window="whole",
-                                    threshold=0.04))
+  cfg = config.make_config("synthetic", tiny=True, method="greedy", learning_rate=1.0,
+                           momentum=0.0, weight_decay=0.0)
+  method = get("greedy")(cfg, Setup(MODS, 6, steps_per_epoch=2, window="whole"))
   model = method.build_model(types.SimpleNamespace(
       kinds={"audio": "spectrogram", "visual": "frames"}, num_classes=6))
   rng = np.random.default_rng(0)
@@ -463,18 +465,18 @@ def test_curation_step_cuts_the_caring_modality_fc_gradient():
            "label": jnp.asarray([0, 1, 2, 3], jnp.int32)}
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch["inputs"]))["params"]
   labels = modality_labels(params, MODS)
-  tx = optax.chain(*method.transforms(labels), optax.sgd(1.0))
-  state = jax.jit(lambda r: create_state(model, tx, method, batch["inputs"], r))(
-      jax.random.key(0))
+  builder = MemberBuilder(cfg, method.setup, labels)  # plain SGD at lr 1
+  hp = config.member_values(cfg)
+  state = jax.jit(make_create_state(model, builder, batch["inputs"]))(hp)
   mmtms = sorted(k for k in state.params if k.startswith("mmtm"))
   assert mmtms == ["mmtm1", "mmtm2"]  # SmallCNN (3 stages): after every stage but the first
-  step = jax.jit(make_train_step(model, tx, method, resolve_labels(labels, params)))
+  step = jax.jit(make_train_step(model, builder, resolve_labels(labels, params)))
   state = state.replace(step=jnp.asarray(2, jnp.int32))  # epoch 1: past the warm-up epoch
   for curation, caring in ((False, 0), (True, 0), (True, 1)):
     phase = {**state.method_state["phase"], "curation": jnp.asarray(curation),
              "caring": jnp.asarray(caring, jnp.int32)}
     start = state.replace(method_state={**state.method_state, "phase": phase})
-    new, metrics = step(start, batch, jax.random.key(1))
+    new, metrics = step(start, batch, hp)
     assert float(metrics["curation"]) == curation
     for i, m in enumerate(MODS):
       assert float(metrics[f"caring_{m}"]) == (curation and caring == i)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inforeg_jax.methods.base import Setup, StepContext
+from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.mmpareto import (MMPareto, combine_tensor, encoder_weights,
                                           mmpareto_combine)
 from inforeg_jax.methods.options import MMParetoOptions
@@ -81,8 +81,7 @@ def combine(g_mm, g_uni, flat_labels):
 
 def method():
   cfg = types.SimpleNamespace(options=MMParetoOptions())
-  return MMPareto(cfg, Setup(modalities=MODS, num_classes=3, steps_per_epoch=1, window="whole",
-                             threshold=0.04))
+  return MMPareto(cfg, Setup(modalities=MODS, num_classes=3, steps_per_epoch=1, window="whole"))
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -94,7 +93,8 @@ def through_method(g_mm, g_uni, flat_labels):
 
   ctx = StepContext(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([], jnp.int32),
                     active=jnp.asarray(True))
-  return method().gradients(vjp_fn, jnp.zeros([2]), {}, ctx, list(flat_labels))
+  obj = Objective(jnp.zeros([2]), {}, {}, 0.0, {}, None)
+  return tuple(method().gradients(vjp_fn, obj, ctx, list(flat_labels)))
 
 
 def test_gamma_default_is_the_official():

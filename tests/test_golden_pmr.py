@@ -44,7 +44,7 @@ def pmr_method(alpha=1.0, start=0, end=100, momentum=0.0, steps_per_epoch=10,
   cfg = types.SimpleNamespace(options=PMROptions(alpha=alpha, momentum=momentum,
                                                  start_epoch=start, end_epoch=end))
   return PMR(cfg, Setup(modalities=MODS, num_classes=num_classes,
-                        steps_per_epoch=steps_per_epoch, window="whole", threshold=0.04))
+                        steps_per_epoch=steps_per_epoch, window="whole"))
 
 
 def fake_forward(params, inputs, train=True, batch_stats=None):
@@ -61,12 +61,11 @@ def objective(params, protos, labels, epoch, alpha, start, end):
   traced, so that every case shares one compilation."""
   options = types.SimpleNamespace(alpha=alpha, start_epoch=start, end_epoch=end)
   method = PMR(types.SimpleNamespace(options=options),
-               Setup(modalities=MODS, num_classes=6, steps_per_epoch=10, window="whole",
-                     threshold=0.04))
+               Setup(modalities=MODS, num_classes=6, steps_per_epoch=10, window="whole"))
   ctx = StepContext(step=epoch * 10, epoch=epoch, active=jnp.asarray(True))
-  terms, aux = method.objective(fake_forward, params, {"prototypes": protos},
-                                {"inputs": {}, "label": labels}, ctx)
-  return jnp.sum(terms), aux["metrics"]
+  obj = method.objective(fake_forward, params, {"prototypes": protos},
+                         {"inputs": {}, "label": labels}, ctx)
+  return jnp.sum(obj.terms), obj.metrics
 
 
 objective_and_grads = jax.jit(jax.value_and_grad(objective, has_aux=True))
@@ -154,32 +153,39 @@ def test_epoch_schedule(setting):
 
 
 class FakeLoop:
-  """`trainer.Loop`'s two members that `PMR.prototypes` uses; it serves the batches the
-  official loop read and records what the method asked for."""
+  """What `PMR.prototypes` uses of `trainer.Loop`, for a population of one member: it serves
+  the batches the official loop read and records what the method asked for."""
 
-  def __init__(self, batches):
+  def __init__(self, batches, momentum=0.0):
     self.batches, self.requests = batches, []
+    self.member_values = {"pmr.momentum": np.asarray([momentum], np.float32)}
 
   def predict_batches(self, state, epoch, num_batches, augment=False):
     self.requests.append((epoch, num_batches, augment))
     for b in self.batches[:num_batches]:
-      yield ({"features": {"audio": arr(b["a"]), "visual": arr(b["v"])}},
-             jnp.asarray(b["label"], jnp.int32))
+      yield ({"features": {"audio": arr(b["a"])[None], "visual": arr(b["v"])[None]}},
+             jnp.asarray(b["label"], jnp.int32)[None])
 
-  def replicate(self, tree):
+  def place(self, tree):
     return tree
 
 
 def fresh_state(method, dim):
   feats = {m: jnp.zeros([1, dim]) for m in MODS}
+  protos = method.init_state({}, {"features": feats})["prototypes"]
   return TrainState(step=jnp.zeros([], jnp.int32), params={}, batch_stats={}, opt_state=(),
-                    method_state=method.init_state({}, {"features": feats}))
+                    method_state={"prototypes": {m: p[None] for m, p in protos.items()}})
+
+
+def prototypes(state):
+  """The one member's prototypes."""
+  return {m: p[0] for m, p in state.method_state["prototypes"].items()}
 
 
 def run_call(method, state, call, first):
   """The official calculate_prototype call: before training (the first, epoch arg 0) ->
   `on_start`; after epoch e -> `on_epoch_end(e)`."""
-  loop = FakeLoop(call["batches"])
+  loop = FakeLoop(call["batches"], method.options.momentum)
   if first:
     assert call["epoch_arg"] == 0
     state = method.on_start(loop, state)
@@ -205,7 +211,7 @@ def test_prototype_passes_through_the_method(name):
                         steps_per_epoch=call["num_batches_in_loader"])
     if state is None:
       state = fresh_state(method, dim)
-    previous = state.method_state["prototypes"]
+    previous = prototypes(state)
     state, loop = run_call(method, state, call, first=k == 0)
     (_, used, augment), = loop.requests
     assert used == e["batches_used"] == max(1, call["num_batches_in_loader"] // 10)
@@ -214,7 +220,7 @@ def test_prototype_passes_through_the_method(name):
     counts = sum(class_means(arr(b["a"]), jnp.asarray(b["label"]), i["n_classes"])[1]
                  for b in call["batches"][:used])
     np.testing.assert_array_equal(counts, e["count_class"])
-    protos = state.method_state["prototypes"]
+    protos = prototypes(state)
     absent = np.asarray(e["count_class"]) == 0
     assert sorted(np.flatnonzero(absent)) == e["nan_rows"]
     for m, key in (("audio", "audio_proto"), ("visual", "visual_proto")):
@@ -236,16 +242,16 @@ def test_absent_class_keeps_its_previous_prototype_with_and_without_ema():
   rng = np.random.default_rng(0)
   prev = {m: jnp.asarray(rng.normal(size=(6, 8)), jnp.float32) for m in MODS}
   state = fresh_state(method, 8)
-  state = state.replace(method_state={"prototypes": prev})
+  state = state.replace(method_state={"prototypes": {m: p[None] for m, p in prev.items()}})
   used = call["batches"][:2]
   for epoch, ema in ((0, False), (1, True)):
-    new, _ = method.on_epoch_end(FakeLoop(call["batches"]), state, epoch)
+    new, _ = method.on_epoch_end(FakeLoop(call["batches"], 0.2), state, epoch)
     for m, key in (("audio", "a"), ("visual", "v")):
       sums = sum(np.asarray(b[key]).T @ np.eye(6)[b["label"]] for b in used).T
       counts = sum(np.eye(6)[b["label"]].sum(0) for b in used)
       mean = sums[:5] / counts[:5, None]
       want = 0.8 * mean + 0.2 * np.asarray(prev[m])[:5] if ema else mean
-      got = np.asarray(new.method_state["prototypes"][m])
+      got = np.asarray(prototypes(new)[m])
       close(got[:5], want)
       # (1 - m) P + m P: the previous row up to float32 rounding
       np.testing.assert_allclose(got[5], np.asarray(prev[m])[5], rtol=1e-6)
@@ -274,9 +280,9 @@ def test_ema_after_each_epoch_over_the_schedule():
   method = pmr_method(momentum=0.5, num_classes=2, steps_per_epoch=10)
   batch = {"a": [[1.0, 0.0], [3.0, 0.0]], "v": [[0.0, 1.0], [0.0, 3.0]], "label": [0, 1]}
   state = fresh_state(method, 2).replace(
-      method_state={"prototypes": {m: jnp.full([2, 2], 10.0) for m in MODS}})
+      method_state={"prototypes": {m: jnp.full([1, 2, 2], 10.0) for m in MODS}})
   for epoch in (0, 1, 2, s["epochs"] - 1):
-    new, _ = method.on_epoch_end(FakeLoop([batch]), state, epoch)
+    new, _ = method.on_epoch_end(FakeLoop([batch], 0.5), state, epoch)
     # fresh mean: audio [[1, 0], [3, 0]]; EMA 0.5 with 10: [[5.5, 5], [6.5, 5]]
     want = [[5.5, 5.0], [6.5, 5.0]] if s["ema_after_epoch"][epoch] else [[1.0, 0.0], [3.0, 0.0]]
-    np.testing.assert_allclose(new.method_state["prototypes"]["audio"], want, rtol=1e-6)
+    np.testing.assert_allclose(prototypes(new)["audio"], want, rtol=1e-6)

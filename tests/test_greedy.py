@@ -39,8 +39,10 @@ def test_forward_defaults_and_the_fused_logits():
   explicit = model.apply(variables, INPUTS, train=False, running=None, count=0.0,
                          curation=False, caring=0)
   jax.tree.map(np.testing.assert_array_equal, default, explicit)
-  uni = default["unimodal_logits"]
-  np.testing.assert_allclose(default["logits"], (uni["audio"] + uni["visual"]) / 2, rtol=1e-6)
+  # the fused logits are the mean of the branch heads (the training mode's unimodal_logits)
+  branches = model.apply(variables, INPUTS, train=True, mutable=["batch_stats"])[0]
+  uni = branches["unimodal_logits"]
+  np.testing.assert_allclose(branches["logits"], (uni["audio"] + uni["visual"]) / 2, rtol=1e-6)
   # the first call's running averages are this batch's mean scales; by default both rows come
   # from modality 0 (the official code's quirk)
   for r in default["mmtm_running"]:
@@ -67,7 +69,7 @@ def greedy_method(**overrides):
   from inforeg_jax.methods.greedy import Greedy
   cfg = make_config(method="greedy", width=2, **overrides)
   return Greedy(cfg, Setup(modalities=tuple(KINDS), num_classes=3, steps_per_epoch=2,
-                           window="whole", threshold=0.04))
+                           window="whole"))
 
 
 def test_only_conv_trunks_and_its_own_fusion():
@@ -88,10 +90,33 @@ def test_objective_is_the_sum_of_the_branch_losses():
   fwd = make_forward(model, variables["batch_stats"], jax.random.key(1))
   batch = {"inputs": INPUTS, "label": jnp.array([0, 2])}
   ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(True))
-  terms, aux = method.objective(fwd, variables["params"], state, batch, ctx)
-  assert terms.shape == (1,)
-  np.testing.assert_allclose(terms[0], aux["uni"]["audio"] + aux["uni"]["visual"], rtol=1e-6)
-  assert float(aux["uni"]["audio"]) > 0 and float(aux["uni"]["visual"]) > 0
+  obj = method.objective(fwd, variables["params"], state, batch, ctx)
+  assert obj.terms.shape == (1,)
+  uni = obj.unimodal_losses
+  np.testing.assert_allclose(obj.terms[0], uni["audio"] + uni["visual"], rtol=1e-6)
+  assert float(uni["audio"]) > 0 and float(uni["visual"]) > 0
+  assert obj.unimodal_logits is None  # the branch heads are not unimodal: no train_acc_<m>
+
+
+def test_evaluation_unimodal_logits_are_a_probe_without_cross_modal_flow():
+  """In evaluation, a modality's unimodal logits are its branch head after a pass in which the
+  MMTMs see the other modality's squeeze at its batch mean: they move with the modality's own
+  input, and do not move when only another sample's other modality changes per sample... nor
+  when the other modality is replaced by any input with the same batch mean."""
+  model = net(functools.partial(models.SmallCNN, widths=(2, 4, 8)))
+  variables = model.init(jax.random.key(0), INPUTS)
+  out = model.apply(variables, INPUTS)
+  branches = model.apply(variables, INPUTS, train=True, mutable=["batch_stats"])[0]
+  probe = out["unimodal_logits"]
+  assert not np.allclose(probe["audio"], branches["unimodal_logits"]["audio"])
+  # swapping the two samples' visual inputs keeps their batch mean: the audio probe of each
+  # sample is unchanged (no per-sample visual information reaches it), its branch head not
+  swapped = {**INPUTS, "visual": INPUTS["visual"][::-1]}
+  again = model.apply(variables, swapped)["unimodal_logits"]
+  np.testing.assert_allclose(again["audio"], probe["audio"], rtol=1e-5, atol=1e-6)
+  # ... while its own input moves it
+  moved = model.apply(variables, {**INPUTS, "audio": INPUTS["audio"] * 2})["unimodal_logits"]
+  assert not np.allclose(moved["audio"], probe["audio"])
 
 
 def types_dataset():

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inforeg_jax.methods.base import Setup, StepContext
+from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.mmpareto import MMPareto, encoder_weights, min_norm_weights
 from inforeg_jax.methods.options import MMParetoOptions
 
@@ -50,15 +50,14 @@ def fake_vjp(g0, g1):
 def test_gradients_inside_and_outside_the_window():
   method = MMPareto(types.SimpleNamespace(options=MMParetoOptions()),
                     Setup(modalities=("audio", "visual"), num_classes=2, steps_per_epoch=2,
-                          window="whole", threshold=0.04))
+                          window="whole"))
   g_mm = {"audio": jnp.array([1.0, 0.0]), "visual": jnp.array([0.0, 2.0])}
   g_uni = {"audio": jnp.array([-1.0, 0.5]), "visual": jnp.array([0.0, 1.0])}
   labels = ["audio", "visual"]
-  terms = jnp.zeros(2)
+  obj = Objective(jnp.zeros(2), {}, {}, 0.0, {}, None)
   for active in (False, True):
     ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(active))
-    grads, trace_grads, metrics = method.gradients(fake_vjp(g_mm, g_uni), terms, {}, ctx,
-                                                   labels)
+    grads, trace_grads, metrics = method.gradients(fake_vjp(g_mm, g_uni), obj, ctx, labels)
     jax.tree.map(np.testing.assert_array_equal, trace_grads, g_mm)  # Tr(F): the fused loss
     if not active:  # plain L_mm + sum L_m
       np.testing.assert_allclose(grads["audio"], [0.0, 0.5])

@@ -204,10 +204,10 @@ def test_jit_keeps_the_tree():
 
 
 def test_method_transforms_and_metrics():
-  cfg = config.make_config(method="ogm_ge", **{"ogm_ge.alpha": 0.5, "ogm_ge.noise": False,
-                                              "ogm_ge.start_epoch": 1, "ogm_ge.end_epoch": 2})
-  m = OGMGE(cfg, Setup(("audio", "visual"), 3, steps_per_epoch=2, window="whole",
-                       threshold=0.04, seed=5))
+  cfg = config.make_config(method="ogm_ge", seed=5, **{
+      "ogm_ge.alpha": 0.5, "ogm_ge.noise": False, "ogm_ge.start_epoch": 1,
+      "ogm_ge.end_epoch": 2})
+  m = OGMGE(cfg, Setup(("audio", "visual"), 3, steps_per_epoch=2, window="whole"))
   txs = m.transforms(LABELS)
   assert len(txs) == 2
   states = [t.init(tree()) for t in txs]

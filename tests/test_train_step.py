@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inforeg_jax import config, models, window
+from inforeg_jax import config, methods, models, window
 from inforeg_jax.labels import modality_labels, resolve_labels
-from inforeg_jax.methods import get
-from inforeg_jax.methods.base import Method, Setup, true_class_prob_sum
-from inforeg_jax.train import (TrainState, accuracy, create_state, make_eval_step, make_forward,
-                               make_predict, make_train_step)
+from inforeg_jax.methods.base import Gradients, Method, Setup, true_class_prob_sum
+from inforeg_jax.train import (MemberBuilder, TrainState, accuracy, make_create_state,
+                               make_eval_step, make_forward, make_predict, make_train_step,
+                               member_rng)
 
 MODS = ("audio", "visual")
 B, C = 6, 4
@@ -80,35 +80,61 @@ class Recording(Method):
             "params_leaves": jnp.asarray(len(jax.tree.leaves(params)), jnp.int32)}
 
   def objective(self, fwd, params, method_state, batch, ctx):
-    terms, aux = super().objective(fwd, params, method_state, batch, ctx)
-    aux["metrics"] = {"ctx_step": ctx.step.astype(jnp.float32),
-                      "ctx_epoch": ctx.epoch.astype(jnp.float32),
-                      "ctx_active": ctx.active.astype(jnp.float32),
-                      "seen_n": method_state["n"].astype(jnp.float32)}
-    return terms, aux
+    obj = super().objective(fwd, params, method_state, batch, ctx)
+    return obj._replace(metrics={"ctx_step": ctx.step.astype(jnp.float32),
+                                 "ctx_epoch": ctx.epoch.astype(jnp.float32),
+                                 "ctx_active": ctx.active.astype(jnp.float32),
+                                 "seen_n": method_state["n"].astype(jnp.float32)})
 
-  def after_step(self, method_state, aux, grads, ctx):
+  def transform_inputs(self, objective, batch, ctx):
+    logits = objective.outputs["unimodal_logits"]
+    return {"unimodal_losses": objective.unimodal_losses,
+            "unimodal_scores": {m: true_class_prob_sum(logits[m], batch["label"])
+                                for m in MODS}}
+
+  def after_step(self, method_state, objective, grads, ctx):
     return {**method_state, "n": method_state["n"] + 1 + 0 * ctx.step,
-            "logits0": aux["out"]["logits"][0]}
+            "logits0": objective.outputs["logits"][0]}
 
   def step_metrics(self, opt_state, method_state):
     return {"opt_count": window.find_window(opt_state).count.astype(jnp.float32),
             "state_n": method_state["n"].astype(jnp.float32)}
 
 
-def build(method_cls=Recording, window_mode="whole", threshold=0.04, spe=2, lr=0.1,
-          preprocess=None, cfg=None):
+class InfiniteTrace(Recording):
+  """A finite loss whose Tr(F) gradient overflows (as a float32 square can)."""
+
+  def gradients(self, vjp_fn, objective, ctx, flat_labels):
+    g = super().gradients(vjp_fn, objective, ctx, flat_labels)
+    return g._replace(fisher=jax.tree.map(lambda x: x * jnp.inf, g.fisher))
+
+
+# one line each: the seam a method plugs into
+methods.register("recording", methods.Entry(Recording, "records what its hooks receive"))
+methods.register("infinite_trace", methods.Entry(InfiniteTrace, "an overflowing Tr(F)"))
+
+
+def build(method="recording", window_mode="whole", threshold=0.04, spe=2, lr=0.1,
+          preprocess=None, cfg=None, seed=1):
+  """A plain SGD (no momentum, no weight decay) member of seed ``seed``: (net, tx, method,
+  state, jitted step(state, batch) for its hyperparameters, batch, labels, hp)."""
   net = tiny_net()
   batch = tiny_batch()
   params = net.init(jax.random.key(0), batch["inputs"])["params"]
   labels = modality_labels(params, MODS)
-  cfg = cfg or config.make_config(method="joint")
-  m = method_cls(cfg, Setup(MODS, C, steps_per_epoch=spe, window=window_mode,
-                            threshold=threshold))
-  tx = optax.chain(*m.transforms(labels), optax.sgd(lr))
-  state = create_state(net, tx, m, batch["inputs"], jax.random.key(0))
-  step = jax.jit(make_train_step(net, tx, m, resolve_labels(labels, params), preprocess))
-  return net, tx, m, state, step, batch, labels
+  cfg = cfg or config.make_config(method=method, threshold=threshold, learning_rate=lr,
+                                  momentum=0.0, weight_decay=0.0, seed=seed)
+  builder = MemberBuilder(cfg, Setup(MODS, C, steps_per_epoch=spe, window=window_mode), labels)
+  hp = config.member_values(cfg)
+  m, tx = builder.build()
+  state = make_create_state(net, builder, batch["inputs"])(hp)
+  step = jax.jit(make_train_step(net, builder, resolve_labels(labels, params), preprocess))
+  return net, tx, m, state, lambda st, b: step(st, b, hp), batch, labels, hp
+
+
+def dropout_key(hp, step):
+  """The dropout key of a member's step: fold_in(its step key, step) split in two, the second."""
+  return jax.random.split(jax.random.fold_in(member_rng(hp), step))[1]
 
 
 # ---- pieces -------------------------------------------------------------------------------------
@@ -121,9 +147,9 @@ def test_accuracy():
 
 
 def test_create_state():
-  net, tx, m, state, _, batch, _ = build()
-  variables = net.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                       batch["inputs"], train=False)
+  net, tx, m, state, _, batch, _, _ = build(seed=3)
+  variables = net.init({"params": jax.random.key(3), "dropout": jax.random.key(3)},
+                       batch["inputs"], train=False)  # the member's seed
   assert state.step.dtype == jnp.int32 and int(state.step) == 0
   jax.tree.map(np.testing.assert_array_equal, state.params, variables["params"])
   jax.tree.map(np.testing.assert_array_equal, state.batch_stats, variables["batch_stats"])
@@ -135,7 +161,7 @@ def test_create_state():
 
 
 def test_make_forward_train_and_eval():
-  net, _, _, state, _, batch, _ = build()
+  net, _, _, state, _, batch, _, _ = build()
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   fwd = make_forward(net, state.batch_stats, jax.random.key(3))
   out, stats = fwd(state.params, batch["inputs"])
@@ -162,12 +188,9 @@ def test_make_forward_train_and_eval():
 
 
 def test_step_gradient_trace_optimizer_inputs_and_metrics():
-  net, tx, m, state, step, batch, labels = build(lr=0.1)
-  rng = jax.random.key(1)
-  new, metrics = step(state, batch, rng)
-  # the dropout key of step k is fold_in(rng, k) split in two: the second
-  _, dropout = jax.random.split(jax.random.fold_in(rng, 0))
-  fwd = make_forward(net, state.batch_stats, dropout)
+  net, tx, m, state, step, batch, labels, hp = build(lr=0.1)
+  new, metrics = step(state, batch)
+  fwd = make_forward(net, state.batch_stats, dropout_key(hp, 0))
 
   def terms_of(p):
     out, _ = fwd(p, batch["inputs"])
@@ -210,9 +233,8 @@ def test_step_gradient_trace_optimizer_inputs_and_metrics():
   jax.tree.map(np.testing.assert_array_equal, new.batch_stats, stats)
   assert int(new.step) == 1
   # the next step uses another dropout key
-  new2, metrics2 = step(new, batch, rng)
+  new2, metrics2 = step(new, batch)
   assert float(metrics2["ctx_step"]) == 1 and int(new2.step) == 2
-  assert step._cache_size() == 1
 
 
 def test_step_preprocess_in_training_mode():
@@ -225,21 +247,23 @@ def test_step_preprocess_in_training_mode():
                                 "audio": batch["inputs"]["audio"] * (2.0 if train else 0.0)
                                 + noise}}
 
-  net, _, m, state, step, batch, _ = build(preprocess=preprocess)
-  rng = jax.random.key(1)
-  _, metrics = step(state, batch, rng)
+  net, _, m, state, step, batch, _, hp = build(preprocess=preprocess)
+  _, metrics = step(state, batch)
   assert calls == [True]
-  aug, dropout = jax.random.split(jax.random.fold_in(rng, 0))
+  aug, dropout = jax.random.split(jax.random.fold_in(member_rng(hp), 0))
   pre = preprocess(batch, aug, True)
   out, _ = make_forward(net, state.batch_stats, dropout)(state.params, pre["inputs"])
   np.testing.assert_allclose(metrics["fused_loss"], m.losses(out, batch["label"])[0], rtol=1e-6)
 
 
-def window_state(state, opened):
-  """The state with a TraceWindow whose last closed epoch rose by 50% (or fell)."""
+def window_state(state, opened, other=None):
+  """The state with a TraceWindow whose last closed epoch rose by 100% (or fell by half) for
+  audio, and for visual as ``other`` says (the same as audio by default)."""
   w = window.find_window(state.opt_state)
   h = np.asarray(w.trace_history).copy()
-  h[-2], h[-1] = 1.0, (2.0 if opened else 0.5)
+  h[-2] = 1.0
+  h[-1, 0] = 2.0 if opened else 0.5
+  h[-1, 1] = 2.0 if (opened if other is None else other) else 0.5
   w = w._replace(trace_history=jnp.asarray(h), count=jnp.asarray(5, jnp.int32))  # mid-epoch
   return state.replace(opt_state=(w,) + tuple(state.opt_state[1:]),
                        step=jnp.asarray(5, jnp.int32))
@@ -249,22 +273,57 @@ def test_step_window_gate_and_context():
   for mode, opened, active in [("prime", True, 1.0), ("prime", False, 0.0),
                                ("other", True, 0.0), ("other", False, 1.0),
                                ("whole", True, 1.0), ("whole", False, 1.0)]:
-    _, _, _, state, step, batch, _ = build(window_mode=mode, spe=2)
-    new, metrics = step(window_state(state, opened), batch, jax.random.key(0))
+    _, _, _, state, step, batch, _, _ = build(window_mode=mode, spe=2)
+    new, metrics = step(window_state(state, opened), batch)
     assert float(metrics["ctx_active"]) == active, (mode, opened)
     assert bool(new.opt_state[1]["modulate"]) == bool(active)
     assert float(metrics["window"]) == float(opened)
     assert float(metrics["ctx_step"]) == 5 and float(metrics["ctx_epoch"]) == 2
-  # K from the setup: a rise of 0.5 of Tr^{t-1} is not above K = 0.6
-  _, _, _, state, step, batch, _ = build(window_mode="prime", threshold=0.6)
-  _, metrics = step(window_state(state, True), batch, jax.random.key(0))
+  # K from the config: a rise of 0.5 of Tr^{t-1} is not above K = 0.6
+  _, _, _, state, step, batch, _, _ = build(window_mode="prime", threshold=0.6)
+  _, metrics = step(window_state(state, True), batch)
   assert float(metrics["window"]) == 0.0 and float(metrics["ctx_active"]) == 0.0
 
 
+def test_the_gate_opens_when_any_modality_is_in_its_window():
+  """Table 4's gate for a baseline: inside the prime window when any modality is in its own
+  (the traces differ per modality here: one rising, one falling)."""
+  for mode, active in (("prime", 1.0), ("other", 0.0)):
+    for audio, visual in ((True, False), (False, True)):
+      _, _, _, state, step, batch, _, _ = build(window_mode=mode, spe=2)
+      _, metrics = step(window_state(state, audio, visual), batch)
+      assert float(metrics["ctx_active"]) == active, (mode, audio, visual)
+      assert float(metrics["window"]) == 1.0
+
+
+def test_the_logged_window_is_the_one_the_optimizer_applied():
+  """InfoReg with --inforeg.criterion=bounded: Eq. 11 alone says open (the rise goes on), the
+  bounded rule closed it; the logged window is the transformation's, not a second Eq. 11."""
+  cfg = config.make_config(method="inforeg", window="prime", threshold=0.04,
+                           learning_rate=0.1, momentum=0.0, weight_decay=0.0,
+                           **{"inforeg.warmup_epochs": 0, "inforeg.criterion": "bounded",
+                              "inforeg.max_window_epochs": 1})
+  _, _, m, state, step, batch, _, _ = build(cfg=cfg, spe=2, window_mode="prime")
+  s = window.find_window(state.opt_state)
+  h = np.asarray(s.trace_history).copy()
+  h[-3:] = [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]  # rising three epochs: open two in a row
+  s = s._replace(trace_history=jnp.asarray(h), count=jnp.asarray(5, jnp.int32),
+                 open_epochs=jnp.asarray([2, 2], jnp.int32))
+  inner = state.opt_state[0]
+  state = state.replace(opt_state=(inner._replace(window=s),) + tuple(state.opt_state[1:]),
+                        step=jnp.asarray(5, jnp.int32))
+  assert bool(np.all(window.prime_window(s.trace_history, 0.04)))  # Eq. 11: open
+  new, metrics = step(state, batch)
+  assert float(metrics["window"]) == 0.0  # bounded: closed after one open epoch
+  assert float(metrics["window_audio"]) == float(metrics["window_visual"]) == 0.0
+  assert float(metrics["alpha_audio"]) == float(metrics["alpha_visual"]) == 0.0
+  assert not bool(np.any(window.find_window(new.opt_state).in_window))
+
+
 def test_step_non_finite_is_skipped():
-  _, _, _, state, step, batch, _ = build()
+  _, _, _, state, step, batch, _, _ = build()
   bad = tiny_batch(nan=True)
-  new, metrics = step(state, bad, jax.random.key(1))
+  new, metrics = step(state, bad)
   assert float(metrics["finite"]) == 0.0 and not np.isfinite(float(metrics["loss"]))
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)  # no gradient
   jax.tree.map(np.testing.assert_array_equal, new.batch_stats, state.batch_stats)
@@ -277,21 +336,13 @@ def test_step_non_finite_is_skipped():
   assert int(w.count) == 1 and not np.any(np.asarray(w.grad_sq_sum))  # the epoch keeps its length
   assert int(new.step) == 1
   # a finite step after it trains normally
-  newer, metrics = step(new, batch, jax.random.key(1))
+  newer, metrics = step(new, batch)
   assert float(metrics["finite"]) == 1.0 and int(newer.method_state["n"]) == 1
 
 
-class InfiniteTrace(Recording):
-  """A finite loss whose Tr(F) gradient overflows (as a float32 square can)."""
-
-  def gradients(self, vjp_fn, terms, aux, ctx, flat_labels):
-    grads, fisher, metrics = super().gradients(vjp_fn, terms, aux, ctx, flat_labels)
-    return grads, jax.tree.map(lambda g: g * jnp.inf, fisher), metrics
-
-
 def test_step_with_a_finite_loss_but_non_finite_trace_is_skipped():
-  _, _, _, state, step, batch, _ = build(InfiniteTrace)
-  new, metrics = step(state, batch, jax.random.key(1))
+  _, _, _, state, step, batch, _, _ = build("infinite_trace")
+  new, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
   assert int(new.method_state["n"]) == 0
@@ -299,13 +350,45 @@ def test_step_with_a_finite_loss_but_non_finite_trace_is_skipped():
 
 def test_step_with_inforeg_regulates_inside_the_jit():
   cfg = config.make_config(method="inforeg", window="whole", **{"inforeg.warmup_epochs": 0})
-  _, _, _, state, step, batch, _ = build(method_cls=get("inforeg"), cfg=cfg, spe=2)
+  _, _, _, state, step, batch, _, _ = build(cfg=cfg, spe=2, window_mode="whole")
   alphas = []
-  for i in range(4):
-    state, metrics = step(state, batch, jax.random.key(i))
+  for _ in range(4):
+    state, metrics = step(state, batch)
     alphas.append(float(metrics["alpha_audio"]) + float(metrics["alpha_visual"]))
   assert max(alphas) > 1.0 and "window_audio" in metrics
+
+
+def test_one_program_for_every_member_value():
+  """The member-wise hyperparameters are arrays in the step: another learning rate, beta or
+  seed reuses the compiled step and changes the result as a separate config would."""
+  net, batch = tiny_net(), tiny_batch()
+  params = net.init(jax.random.key(0), batch["inputs"])["params"]
+  labels = modality_labels(params, MODS)
+  base = config.make_config(method="inforeg", window="whole", momentum=0.0, weight_decay=0.0,
+                            **{"inforeg.warmup_epochs": 0})
+  builder = MemberBuilder(base, Setup(MODS, C, steps_per_epoch=2, window="whole"), labels)
+  step = jax.jit(make_train_step(net, builder, resolve_labels(labels, params)))
+  create = make_create_state(net, builder, batch["inputs"])
+  results = {}
+  for lr, beta in ((0.1, 0.9), (0.3, 0.9), (0.1, 0.2)):
+    cfg = config.make_config(method="inforeg", window="whole", momentum=0.0, weight_decay=0.0,
+                             learning_rate=lr, **{"inforeg.warmup_epochs": 0,
+                                                  "inforeg.beta": beta})
+    hp = config.member_values(cfg)
+    state = create(hp)
+    for _ in range(3):
+      state, metrics = step(state, batch, hp)
+    # the same member built as a plain config (Python constants in the program) agrees
+    builder1 = MemberBuilder(cfg, builder.setup, labels)
+    plain = jax.jit(make_train_step(net, builder1, resolve_labels(labels, params)))
+    state1 = make_create_state(net, builder1, batch["inputs"])(None or hp)
+    for _ in range(3):
+      state1, metrics1 = plain(state1, batch, hp)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 state.params, state1.params)
+    results[(lr, beta)] = float(metrics["loss"])
   assert step._cache_size() == 1
+  assert len(set(results.values())) == 3
 
 
 # ---- prediction and evaluation -----------------------------------------------------------------
@@ -320,7 +403,7 @@ def test_predict_with_and_without_augmentation():
     return {**batch, "inputs": {**batch["inputs"],
                                 "audio": batch["inputs"]["audio"] + noise + (5.0 if train else 0)}}
 
-  net, _, _, state, _, batch, _ = build()
+  net, _, _, state, _, batch, _, _ = build()
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   predict = make_predict(net, preprocess)
   out = predict(state, batch)
@@ -337,7 +420,7 @@ def test_predict_with_and_without_augmentation():
 
 
 def test_eval_step_sums_over_the_mask():
-  net, _, _, state, _, batch, _ = build()
+  net, _, _, state, _, batch, _, _ = build()
   eval_step = jax.jit(make_eval_step(net, MODS))
   mask = jnp.asarray([1, 1, 0, 1, 1, 0], jnp.float32)
   out = eval_step(state, {**batch, "mask": mask})
@@ -362,9 +445,15 @@ def test_eval_step_sums_over_the_mask():
                                                       "audio": b["inputs"]["audio"] * 0}}
   zeroed = make_eval_step(net, MODS, preprocess)(state, {**batch, "mask": mask})
   assert not np.allclose(zeroed["loss_audio"], out["loss_audio"])
+  # "keep" zeroes a modality's inputs (after the preprocessing): the same as zero inputs
+  keep = {"audio": jnp.zeros([B]), "visual": jnp.ones([B])}
+  kept = make_eval_step(net, MODS)(state, {**batch, "mask": mask, "keep": keep})
+  plain = make_eval_step(net, MODS)(state, {**batch, "mask": mask, "inputs": {
+      **batch["inputs"], "audio": jnp.zeros_like(batch["inputs"]["audio"])}})
+  np.testing.assert_allclose(kept["loss"], plain["loss"], rtol=1e-6)
 
 
 def test_train_state_is_a_pytree():
-  _, _, _, state, _, _, _ = build()
+  _, _, _, state, _, _, _, _ = build()
   leaves = jax.tree.leaves(state)
   assert isinstance(state, TrainState) and len(leaves) > 5

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -70,23 +69,35 @@ def record(loss, finite, alpha=0.0, grad=1.0):
           "alpha_audio": jnp.float32(alpha), "grad_sq_audio": jnp.float32(grad)}
 
 
+def members(*records):
+  """Per-step records of a population from one record per member."""
+  return {k: jnp.stack([r[k] for r in records]) for k in records[0]}
+
+
 def test_epoch_means_leave_out_skipped_steps():
-  means, series = trainer._epoch_means([record(1.0, 1, 0.5), record(np.nan, 0, 2.0),
-                                        record(3.0, 1, 1.5)])
+  [(means, series)] = trainer._epoch_means([record(1.0, 1, 0.5), record(np.nan, 0, 2.0),
+                                            record(3.0, 1, 1.5)])
   assert means["loss"] == pytest.approx(2.0)
   assert means["alpha_audio"] == pytest.approx(1.0)
   assert means["skipped_steps"] == 1
   assert series == {"alpha_audio": [0.5, 2.0, 1.5]}  # every step, for the plots
   # every step skipped: the means are over all of them (and say so)
-  means, _ = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
+  [(means, _)] = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
   assert means["skipped_steps"] == 2 and np.isnan(means["loss"])
-  means, series = trainer._epoch_means([record(2.0, 1, 0.25)])  # a one-step epoch
+  [(means, series)] = trainer._epoch_means([record(2.0, 1, 0.25)])  # a one-step epoch
   assert means["loss"] == 2.0 and series == {"alpha_audio": [0.25]}
+  # a population: each member its own means over its own finite steps
+  out = trainer._epoch_means([members(record(1.0, 1), record(5.0, 1)),
+                              members(record(3.0, 1), record(np.nan, 0))])
+  assert [m["loss"] for m, _ in out] == [2.0, 5.0]
+  assert [m["skipped_steps"] for m, _ in out] == [0, 1]
 
 
 def test_first_nonfinite_names_the_culprit():
   assert trainer._first_nonfinite(record(np.nan, 0), ["audio"]) == "the loss"
   assert trainer._first_nonfinite(record(1.0, 0, grad=np.inf), ["audio"]) == "Tr(F) of audio"
+  two = members(record(1.0, 1), record(1.0, 0, grad=np.inf))
+  assert trainer._first_nonfinite(two, ["audio"], 1) == "Tr(F) of audio"
 
 
 def test_summary_reports_final_validation_selected_and_best_test():
@@ -133,10 +144,17 @@ def test_prepare_workdir(tmp_path):
   with pytest.raises(trainer.RunError, match="exclude each other"):
     trainer.prepare_workdir(make_config(workdir=workdir, resume=True, overwrite=True))
   trainer.prepare_workdir(make_config(workdir=workdir, overwrite=True))
-  assert os.listdir(workdir) == []  # overwrite starts afresh
-  # a workdir with only unrelated files is not a run
+  # nothing is deleted before the run has checked everything (the run sets it aside)
+  assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+  # a folder holding more than a run is never replaced
   open(os.path.join(workdir, "notes.txt"), "w").close()
-  trainer.prepare_workdir(make_config(workdir=workdir))
+  with pytest.raises(trainer.RunError, match="not a run's \\(notes.txt\\)"):
+    trainer.prepare_workdir(make_config(workdir=workdir, overwrite=True))
+  # a workdir with only unrelated files is not a run
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  trainer.prepare_workdir(make_config(workdir=str(other)))
 
 
 def test_run_name_and_hparams():
@@ -149,18 +167,10 @@ def test_run_name_and_hparams():
   assert trainer.hparams(make_config())["modalities"] == "all"
 
 
-class FakeLoop:
-  """What epoch_row reads of a Loop: the dataset's splits and an evaluation."""
-
-  def __init__(self, val):
-    self.dataset = types.SimpleNamespace(modalities=("audio", "visual"), val=val, test="test")
-
-  def evaluate(self, state, split):
-    assert state == "STATE"
-    base = 0.1 if split == "test" else 0.5
-    return {"acc": base, "loss": base + 1, "f1_macro": base + 2,
-            "acc_audio": base + 3, "acc_visual": base + 4,
-            "loss_audio": base + 5, "loss_visual": base + 6}
+def evaluation(base):
+  """An evaluation's numbers for one member; the validation and test ones differ."""
+  return {"acc": base, "loss": base + 1, "f1_macro": base + 2, "acc_audio": base + 3,
+          "acc_visual": base + 4, "loss_audio": base + 5, "loss_visual": base + 6}
 
 
 def test_epoch_row_fields():
@@ -168,7 +178,8 @@ def test_epoch_row_fields():
            "alpha_audio": 1.2, "coef_visual": 0.8}
   for m, k in (("audio", 1), ("visual", 2)):
     train.update({f"loss_{m}": 9.0, f"acc_{m}": 0.1 * k, f"grad_sq_{m}": 10.0 * k})
-  row = trainer.epoch_row(FakeLoop(val="val"), "STATE", train)
+  mods = ("audio", "visual")
+  row = trainer.epoch_row(mods, train, evaluation(0.5), evaluation(0.1))
   assert row == pytest.approx({
       "train_loss": 1.5, "train_acc": 0.25, "val_acc": 0.5, "val_loss": 1.5,
       "val_acc_audio": 3.5, "val_acc_visual": 4.5, "test_loss": 1.1, "acc": 0.1,
@@ -176,8 +187,12 @@ def test_epoch_row_fields():
       "test_loss_visual": 6.1, "train_acc_audio": 0.1, "train_acc_visual": 0.2,
       "trace_audio": 10.0, "trace_visual": 20.0, "skipped_steps": 0, "alpha_audio": 1.2,
       "coef_visual": 0.8})
-  no_val = trainer.epoch_row(FakeLoop(val=None), "STATE", train)
+  no_val = trainer.epoch_row(mods, train, None, evaluation(0.1))
   assert not any(k.startswith("val_") for k in no_val) and no_val["acc"] == 0.1
+  # a method whose branch accuracies are not unimodal logs none (Greedy)
+  branches = {k: v for k, v in train.items() if not k.startswith("acc_")}
+  assert not any(k.startswith("train_acc_") for k in trainer.epoch_row(mods, branches, None,
+                                                                       evaluation(0.1)))
 
 
 def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():

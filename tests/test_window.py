@@ -30,7 +30,8 @@ def state(hist, count=0, grad_sq_sum=None, open_epochs=None):
       else jnp.asarray(grad_sq_sum, jnp.float32),
       trace_history=hist,
       open_epochs=jnp.zeros([m], jnp.int32) if open_epochs is None
-      else jnp.asarray(open_epochs, jnp.int32))
+      else jnp.asarray(open_epochs, jnp.int32),
+      in_window=jnp.zeros([m], bool))
 
 
 def as_list(x):
@@ -168,18 +169,19 @@ def test_roll_open_epochs_count_up_and_reset():
 
 def test_flags_eq11_is_prime_window():
   h = history([1.0, 1.0, 2.0], [1.1, 0.9, 2.0])
-  assert as_list(W.flags(state(h), 0.04)) == [True, False, False]
-  assert as_list(W.flags(state(h), 0.04, "eq11")) == [True, False, False]
-  assert as_list(W.flags(state(h), 0.1, "eq11")) == [False, False, False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.04))) == [True, False, False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.04, "eq11"))) == [True, False, False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.1, "eq11"))) == [False, False, False]
 
 
 def test_flags_bounded_closes_after_max_epochs():
   h = history([1.0, 1.0, 1.0, 1.0], [1.1, 1.1, 1.1, 0.9])
   s = state(h, open_epochs=[0, 2, 3, 0])
-  assert as_list(W.flags(s, 0.04, "bounded", max_epochs=2)) == [True, True, False, False]
-  assert as_list(W.flags(s, 0.04, "bounded", max_epochs=3)) == [True, True, True, False]
-  # default bound 0: only a window that has just opened
-  assert as_list(W.flags(s, 0.04, "bounded")) == [True, False, False, False]
+  assert as_list(W.flags(s, W.WindowRule(0.04, "bounded", 2))) == [True, True, False, False]
+  assert as_list(W.flags(s, W.WindowRule(0.04, "bounded", 3))) == [True, True, True, False]
+  # bound 0: only a window that has just opened; the rule's default bound is 3 (InfoReg's)
+  assert as_list(W.flags(s, W.WindowRule(0.04, "bounded", 0))) == [True, False, False, False]
+  assert W.WindowRule(0.04, "bounded").max_epochs == 3
 
 
 def test_flags_trend_compares_three_epoch_means():
@@ -188,45 +190,45 @@ def test_flags_trend_compares_three_epoch_means():
           [1.0, 1.0, 1.0, 0.4], [1.0, 2.0, 1.0, 0.4], [2.2, 0.5, 1.0, 0.4]]
   h = history(*rows)
   # now: 1.4, 1.1667, 1.0, 0.4; before: 1, 1, 1, 1
-  got = W.flags(state(h), 0.2, "trend")
+  got = W.flags(state(h), W.WindowRule(0.2, "trend"))
   assert as_list(got) == [True, False, False, False]
-  got = W.flags(state(h), 0.1, "trend")
+  got = W.flags(state(h), W.WindowRule(0.1, "trend"))
   assert as_list(got) == [True, True, False, False]
   # exactly K is not above: (1.25 - 1) / 1.25 = 0.2
   h = history(*([[1.0]] * 3 + [[1.25]] * 3))
-  assert as_list(W.flags(state(h), 0.2, "trend")) == [False]
-  assert as_list(W.flags(state(h), 0.19, "trend")) == [True]
+  assert as_list(W.flags(state(h), W.WindowRule(0.2, "trend"))) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.19, "trend"))) == [True]
   # traces below 1: the ratio is over now (0.5 - 0.4) / 0.5 = 0.2, not over 1
   h = history(*([[0.4]] * 3 + [[0.5]] * 3))
-  assert as_list(W.flags(state(h), 0.15, "trend")) == [True]
-  assert as_list(W.flags(state(h), 0.21, "trend")) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.15, "trend"))) == [True]
+  assert as_list(W.flags(state(h), W.WindowRule(0.21, "trend"))) == [False]
 
 
 def test_flags_trend_needs_six_closed_epochs():
   h = history(*([[1.0]] * 2 + [[2.0]] * 3))  # five epochs: the seventh-newest row is 0
-  assert as_list(W.flags(state(h), 0.04, "trend")) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.04, "trend"))) == [False]
   h = history(*([[0.0]] + [[1.0]] * 2 + [[2.0]] * 3))
-  assert as_list(W.flags(state(h), 0.04, "trend")) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.04, "trend"))) == [False]
   # a seventh-newest zero does not matter once the six newest are traces
   h = history(*([[0.0]] + [[1.0]] * 3 + [[2.0]] * 3))
-  assert as_list(W.flags(state(h), 0.04, "trend")) == [True]
+  assert as_list(W.flags(state(h), W.WindowRule(0.04, "trend"))) == [True]
 
 
 def test_flags_trend_window_edges():
   # the 7th-newest epoch is not in "before", the 4th-newest is not in "now"
   h = history([100.0], [1.0], [1.0], [1.0], [2.0], [1.0], [1.0])
   # now = 4/3, before = 1: rise 0.25
-  assert as_list(W.flags(state(h), 0.24, "trend")) == [True]
-  assert as_list(W.flags(state(h), 0.26, "trend")) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(0.24, "trend"))) == [True]
+  assert as_list(W.flags(state(h), W.WindowRule(0.26, "trend"))) == [False]
   h = history([1.0], [1.0], [3.0], [1.0], [1.0], [1.0])
   # now = 1 < before = 5/3: (1 - 5/3) / 1 = -2/3
-  assert as_list(W.flags(state(h), -0.5, "trend")) == [False]
-  assert as_list(W.flags(state(h), -0.7, "trend")) == [True]
+  assert as_list(W.flags(state(h), W.WindowRule(-0.5, "trend"))) == [False]
+  assert as_list(W.flags(state(h), W.WindowRule(-0.7, "trend"))) == [True]
 
 
 def test_flags_unknown_criterion():
   with pytest.raises(ValueError, match="criterion"):
-    W.flags(state(history(1.0)), 0.04, "nope")
+    W.flags(state(history(1.0)), W.WindowRule(0.04, "nope"))
 
 
 # ---- the released code's criterion ---------------------------------------------------------------
@@ -288,7 +290,7 @@ LABELS = {"a": "visual", "b": "audio", "c": "audio", "head": None}
 
 
 def test_track_window_records_per_epoch_traces():
-  tx = W.track_window(LABELS, steps_per_epoch=2, threshold=0.04)
+  tx = W.track_window(LABELS, steps_per_epoch=2, rule=W.WindowRule(0.04))
   s = tx.init(PARAMS)
   assert s.grad_sq_sum.shape == (2,)  # modalities, not leaves
   update = jax.jit(tx.update)
@@ -307,7 +309,8 @@ def test_track_window_records_per_epoch_traces():
 
 
 def test_track_window_takes_grad_sq_and_modalities():
-  tx = W.track_window(LABELS, steps_per_epoch=1, threshold=0.5, modalities=("visual", "audio"))
+  tx = W.track_window(LABELS, steps_per_epoch=1, rule=W.WindowRule(0.5),
+                     modalities=("visual", "audio"))
   s = tx.init(PARAMS)
   _, s = tx.update(PARAMS, s, grad_sq=jnp.array([3.0, 1.0]))
   np.testing.assert_allclose(s.grad_sq_sum, [3.0, 1.0])
@@ -317,8 +320,24 @@ def test_track_window_takes_grad_sq_and_modalities():
   # its threshold decides the open count: audio rose 1 -> 4 (0.75 > 0.5), visual 3 -> 4 not
   _, s = tx.update(PARAMS, s, grad_sq=jnp.array([1.0, 1.0]), other_extra=1)
   np.testing.assert_array_equal(s.open_epochs, [0, 1])
+  # and the flags it used for this step are in its state (what the train step logs)
+  np.testing.assert_array_equal(s.in_window, [False, True])
   s = W.track_window(LABELS, 1, modalities=["audio"]).init(PARAMS)
   assert s.grad_sq_sum.shape == (1,)
+
+
+def test_flags_official_and_upcoming():
+  # the released criterion decides for every modality from the lead one's trace
+  h = history([1.0, 5.0], [1.0, 5.0], [2.0, 1.0])
+  rule = W.WindowRule(0.05, "official", lead=0)
+  got = W.flags(state(h, count=6), rule, steps_per_epoch=2)
+  assert as_list(got) == [bool(W.official_window(h, 0, 0.05, 3))] * 2
+  assert as_list(W.flags(state(h, count=0), rule, steps_per_epoch=2)) == [True, True]  # epoch 0
+  # upcoming: the flags of the next update, the finished epoch closed first
+  s = state(history(1.0, 1.0, m=2), count=4, grad_sq_sum=[4.0, 2.0])
+  assert as_list(W.upcoming(s, W.WindowRule(0.04), 2)) == [True, False]  # 1 -> 2, 1 -> 1
+  assert as_list(W.upcoming(s._replace(count=jnp.asarray(5)), W.WindowRule(0.04), 2)) == [
+      False, False]  # mid-epoch: nothing closed
 
 
 def test_track_window_default_threshold():

@@ -18,10 +18,18 @@ Per step:
 - The loss is the CE of ``sum_m m_m`` with the gradient reaching each response scaled by c_m
   (the official backward hook, 159-166): ``c m + stop_gradient((1 - c) m)``.
 - Conditional clipping (233-238): when an entry of the fusion head's weight gradient leaves
-  [-1, 1], every gradient is clipped to global norm 1.
+  [-1, 1], every gradient is clipped to global norm 1; with three modalities [-5, 5] and
+  norm 5 (URFunny_main.py:203-207).
+- The modulation window (159; utils/config.py:74-75): epochs ``start_epoch..end_epoch``
+  (default the first 20); before it the hooks' scale is 1, after it the last coefficient set
+  stays in the hooks, as the official ``update_scale`` leaves it. The running means are
+  updated at every step, inside the window or not (154-155).
+- ``--agm.clamp=false``: no ``min(., 10)`` (the AV-MNIST script, run/AVMNIST_main.py:116,
+  whose running mean, counted from iteration 0, is the same cumulative mean).
 
-Our choice, named: outside the window (``--window``) the coefficients are 1; the official
-code keeps the last ones (its authors modulate the whole run, where the two agree).
+Our choice, named: outside the prime-window gate of Table 4 (``--window=prime|other``) the
+coefficients are 1: that table asks whether modulating there helps, which a stale
+coefficient would blur.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from inforeg_jax.methods.base import Method
+from inforeg_jax.methods.base import Gradients, Method, Objective
 
 PROB_FLOOR = 1e-8
 
@@ -103,10 +111,20 @@ class AGM(Method):
 
   @property
   def clamp(self) -> float:
+    if not self.options.clamp:
+      return float("inf")
     return 10.0 if len(self.modalities) == 2 else 7.0
 
+  @property
+  def clip(self) -> float:
+    """The head-gradient threshold and the clipping norm: 1 for two modalities, 5 for three
+    (CREMAD_main.py:237-238, URFunny_main.py:205-207)."""
+    return 1.0 if len(self.modalities) == 2 else 5.0
+
   def init_state(self, params, outputs):
-    return {"running_scores": jnp.zeros([len(self.modalities)], jnp.float32)}
+    m = len(self.modalities)
+    return {"running_scores": jnp.zeros([m], jnp.float32),
+            "last_coefs": jnp.ones([m], jnp.float32)}  # the hooks' scale, 1 at first
 
   def objective(self, fwd, params, method_state, batch, ctx):
     inputs, y = batch["inputs"], batch["label"]
@@ -123,22 +141,28 @@ class AGM(Method):
                                         batch_stats=eval_stats)[0]["logits"]
     responses = shapley_responses(passes, self.modalities)
     scores = jax.lax.stop_gradient(response_scores(responses, y, self.modalities))
-    running = method_state["running_scores"]
-    coefs = coefficients(scores, running, self.options.alpha, self.clamp)
-    coefs = jnp.where(ctx.active, coefs, 1.0)
+    o = self.options
+    computed = coefficients(scores, method_state["running_scores"], o.alpha, self.clamp)
+    inside = (ctx.epoch >= o.start_epoch) & (ctx.epoch <= o.end_epoch)
+    # in the window: this step's coefficient; before and after it, the hooks' last scale
+    coefs = jnp.where(inside, computed, method_state["last_coefs"])
+    coefs = jnp.where(ctx.active, coefs, 1.0)  # Table 4's gate (our choice, see above)
     loss = optax.softmax_cross_entropy_with_integer_labels(
         modulated_sum(responses, coefs, self.modalities).astype(jnp.float32), y).mean()
     fused, uni = self.losses(out, y)
     metrics = {**{f"coef_{m}": coefs[i] for i, m in enumerate(self.modalities)},
                **{f"score_{m}": scores[i] for i, m in enumerate(self.modalities)}}
-    return loss[None], {"out": out, "batch_stats": batch_stats, "fused": fused, "uni": uni,
-                        "scores": scores, "metrics": metrics}
+    last = jnp.where(inside, computed, method_state["last_coefs"])
+    return Objective(loss[None], out, batch_stats, fused, uni, out["unimodal_logits"],
+                     metrics, carry={"scores": scores, "last_coefs": last})
 
-  def gradients(self, vjp_fn, terms, aux, ctx, flat_labels):
-    grads, _, metrics = super().gradients(vjp_fn, terms, aux, ctx, flat_labels)
-    clipped, big = conditional_clip(grads, grads["head"])
-    return clipped, grads, {**metrics, "clipped": big.astype(jnp.float32)}
+  def gradients(self, vjp_fn, objective, ctx, flat_labels):
+    grads = super().gradients(vjp_fn, objective, ctx, flat_labels).update
+    clipped, big = conditional_clip(grads, grads["head"], self.clip, self.clip)
+    return Gradients(clipped, grads, {"clipped": big.astype(jnp.float32)})
 
-  def after_step(self, method_state, aux, grads, ctx):
-    return {"running_scores": update_running(method_state["running_scores"], aux["scores"],
-                                             ctx.step + 1)}
+  def after_step(self, method_state, objective, grads, ctx):
+    carry = objective.carry
+    return {"running_scores": update_running(method_state["running_scores"], carry["scores"],
+                                             ctx.step + 1),
+            "last_coefs": carry["last_coefs"]}

@@ -1,14 +1,21 @@
 """The `Method` seam: every hook a balancing method may need, with joint training as default.
 
 The generic train step (`inforeg_jax.train`) and loop (`inforeg_jax.trainer`) call only these
-hooks, so that a method's behaviour lives in its own module:
+hooks, through typed contracts, so that a method's behaviour lives in its own module:
 
 model and optimizer   `build_model`, `transforms` (optax transformations put first in the
-                      chain), `init_state` (the method's own state in ``TrainState``)
-in the jitted step    `objective` (the loss terms and what the step needs from the forward
-                      pass), `gradients` (how the terms' gradients combine), `after_step`,
-                      `step_metrics`
-in the loop (host)    `split_data`, `on_start` (before epoch 0), `on_epoch_end`
+                      chain), `window_rule` (what decides the prime learning window),
+                      `init_state` (the method's own state in ``TrainState``)
+in the jitted step    `objective` -> `Objective`, `gradients` -> `Gradients`,
+                      `transform_inputs` (the extra arguments its transformations read),
+                      `after_step`, `step_metrics`
+in the loop (host)    `on_start` (before epoch 0), `on_epoch_end`
+
+A run is a population of one or more members (`inforeg_jax.trainer`). The step hooks see one
+member: the config they hold has that member's values (traced arrays for the hyperparameters a
+population varies), and the step is vmapped over the members. The host hooks see the whole
+population: its state has a leading member axis, and ``loop.member_values`` the members'
+hyperparameters as arrays [N].
 """
 
 from __future__ import annotations
@@ -23,20 +30,18 @@ import optax
 from inforeg_jax import model_zoo, window
 
 Batch = dict[str, Any]
-# fwd(params, inputs, train=True, **model_kwargs) -> (outputs, new batch_stats)
+# fwd(params, inputs, train=True, batch_stats=None, **model_kwargs) -> (outputs, new batch_stats)
 Forward = Callable[..., tuple[dict, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """The run's static facts a method is built for."""
+  """The run's static facts a method is built for (the same for every member)."""
 
   modalities: tuple[str, ...]
   num_classes: int
   steps_per_epoch: int
-  window: str  # prime | whole | other, resolved
-  threshold: float  # K of Eq. 11 for the window
-  seed: int = 0
+  window: str  # prime | whole | other, resolved (Table 4)
 
 
 class StepContext(NamedTuple):
@@ -45,6 +50,27 @@ class StepContext(NamedTuple):
   step: jax.Array  # int32 scalar, steps taken before this one
   epoch: jax.Array  # int32 scalar
   active: jax.Array  # bool scalar: a modulating rule applies now (the window gate, Table 4)
+
+
+class Objective(NamedTuple):
+  """What a method's objective computed on one batch."""
+
+  terms: jax.Array  # f32[K]: the objective's terms (the gradient is of their sum by default)
+  outputs: dict  # the training forward pass's outputs (logits, unimodal_logits, features)
+  batch_stats: Any  # the batch statistics that pass updated
+  fused_loss: jax.Array  # the fused cross-entropy (logged)
+  unimodal_losses: dict  # {modality: its unimodal cross-entropy} (logged; Eq. 8)
+  unimodal_logits: dict | None  # what train_acc_<m> is measured on (None: not comparable)
+  metrics: dict | None = None  # the method's own per-step scalars
+  carry: Any = None  # what the method's later hooks need from the objective
+
+
+class Gradients(NamedTuple):
+  """What a method trains with, and what Tr(F) is measured on."""
+
+  update: Any  # the gradient handed to the optimizer
+  fisher: Any  # the gradient whose squared norms are Tr(F) (Eq. 5, 7)
+  metrics: dict | None = None
 
 
 def cross_entropy(logits, labels):
@@ -64,14 +90,16 @@ class Method:
   Class attributes:
     unimodal_weight: weight of each unimodal CE in the objective (Joint training* = 1).
     unimodal_heads: the model gets a separate linear head per modality for the unimodal
-      logits (MMPareto's and G-Blending's models) instead of reading them off the fused head.
+      logits (MMPareto's model) instead of reading them off the fused head.
     trace_from_fused: Tr(F_m) from the gradient of the fused loss alone (Eq. 5), not of the
       whole objective; costs a second backward pass when the objective has other terms.
+    needs_validation: the rule reads the validation split (the run is refused without one).
   """
 
   unimodal_weight: float = 0.0
   unimodal_heads: bool = False
   trace_from_fused: bool = False
+  needs_validation: bool = False
 
   def __init__(self, cfg, setup: Setup):
     self.cfg, self.setup, self.options = cfg, setup, cfg.options
@@ -85,10 +113,15 @@ class Method:
   def build_model(self, dataset):
     return model_zoo.build_model(self.cfg, dataset, unimodal_heads=self.unimodal_heads)
 
+  @property
+  def window_rule(self) -> window.WindowRule:
+    """What decides the prime learning window (Eq. 11 with --threshold by default)."""
+    return window.WindowRule(self.cfg.resolved_threshold)
+
   def transforms(self, labels) -> list[optax.GradientTransformation]:
-    """Transformations put first in the optimizer chain; one of them must keep a
-    `window.TraceWindow` (the default: the window tracker alone)."""
-    return [window.track_window(labels, self.setup.steps_per_epoch, self.setup.threshold,
+    """Transformations put first in the optimizer chain; exactly one of them keeps a
+    `window.TraceWindow` under `window_rule` (the default: the window tracker alone)."""
+    return [window.track_window(labels, self.setup.steps_per_epoch, self.window_rule,
                                 self.modalities)]
 
   def init_state(self, params, outputs) -> Any:
@@ -99,34 +132,42 @@ class Method:
 
   # ------------------------------------------------------------ inside the jitted step
 
-  def objective(self, fwd: Forward, params, method_state, batch: Batch, ctx: StepContext):
-    """(terms f32[K], aux): the objective's terms, summed for the gradient by default, and
-    ``aux`` with at least ``out`` (the training forward's outputs), ``batch_stats``,
-    ``fused`` (fused CE) and ``uni`` (each modality's unimodal CE); ``aux["metrics"]``, if
-    present, is logged."""
+  def objective(self, fwd: Forward, params, method_state, batch: Batch,
+                ctx: StepContext) -> Objective:
+    """The objective's terms and what the step needs from the forward pass."""
     del method_state, ctx
     out, batch_stats = fwd(params, batch["inputs"])
     fused, uni = self.losses(out, batch["label"])
     terms = jnp.stack([fused, self.unimodal_weight * sum(uni.values())])
-    return terms, {"out": out, "batch_stats": batch_stats, "fused": fused, "uni": uni}
+    return Objective(terms, out, batch_stats, fused, uni, out["unimodal_logits"])
 
   def losses(self, out, labels):
     """(fused CE, {modality: unimodal CE}) of a forward pass's outputs."""
     return (cross_entropy(out["logits"], labels),
             {m: cross_entropy(out["unimodal_logits"][m], labels) for m in self.modalities})
 
-  def gradients(self, vjp_fn, terms, aux, ctx: StepContext, flat_labels):
-    """(gradient to train with, gradient whose squared norms are Tr(F) (Eq. 5, 7), metrics)."""
+  def gradients(self, vjp_fn, objective: Objective, ctx: StepContext,
+                flat_labels) -> Gradients:
+    """The gradient to train with and the one Tr(F) is measured on (Eq. 5, 7)."""
     del ctx, flat_labels
+    terms = objective.terms
     if self.trace_from_fused and terms.shape[0] > 1:
       per_term = jax.vmap(vjp_fn)(jnp.eye(terms.shape[0], dtype=terms.dtype))[0]
-      return (jax.tree.map(lambda g: jnp.sum(g, axis=0), per_term),
-              jax.tree.map(lambda g: g[0], per_term), dict(aux.get("metrics", {})))
+      return Gradients(jax.tree.map(lambda g: jnp.sum(g, axis=0), per_term),
+                       jax.tree.map(lambda g: g[0], per_term))
     grads, = vjp_fn(jnp.ones_like(terms))
-    return grads, grads, dict(aux.get("metrics", {}))
+    return Gradients(grads, grads)
 
-  def after_step(self, method_state, aux, grads, ctx: StepContext):
-    del aux, grads, ctx
+  def transform_inputs(self, objective: Objective, batch: Batch,
+                       ctx: StepContext) -> dict[str, Any]:
+    """Extra keyword arguments for the optimizer's ``update`` (what this method's
+    transformations read, e.g. ``unimodal_losses``); the step always passes ``grad_sq``
+    and ``modulate`` (the window gate)."""
+    del objective, batch, ctx
+    return {}
+
+  def after_step(self, method_state, objective: Objective, grads, ctx: StepContext):
+    del objective, grads, ctx
     return method_state
 
   def step_metrics(self, opt_state, method_state) -> dict[str, jax.Array]:
@@ -136,19 +177,13 @@ class Method:
 
   # ------------------------------------------------------------ in the loop, on the host
 
-  @classmethod
-  def split_data(cls, cfg, dataset):
-    """The dataset the run trains on (called before the method is built: it may change the
-    number of training steps)."""
-    del cfg
-    return dataset
-
   def on_start(self, loop, state):
-    """Before epoch 0 of a fresh run (not on resume)."""
+    """Before epoch 0 of a fresh run (not on resume); ``state`` is the population's."""
     del loop
     return state
 
   def on_epoch_end(self, loop, state, epoch: int):
-    """After each epoch's training; returns (state, extra metrics.jsonl fields)."""
+    """After each epoch's training: (state, {metrics.jsonl field: values [N], one per
+    member}) for the whole population."""
     del loop, epoch
     return state, {}

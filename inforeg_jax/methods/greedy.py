@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from inforeg_jax import model_zoo
-from inforeg_jax.methods.base import Method, cross_entropy
+from inforeg_jax.methods.base import Method, Objective
 from inforeg_jax.models import dense_init
 
 
@@ -81,7 +81,15 @@ def _excite(x, scale, frames: int):
 
 
 class GreedyNet(nn.Module):
-  """Two conv trunks in lockstep with MMTMs between stages, a linear head per branch."""
+  """Two conv trunks in lockstep with MMTMs between stages, a linear head per branch.
+
+  In evaluation mode each modality's ``unimodal_logits`` are a probe comparable with the
+  other methods' unimodal outputs: its branch head after a pass in which the MMTMs see the
+  other modality's squeezed features replaced by their batch mean (held constant), so that
+  no per-sample information crosses over (the official code's evaluation of one modality,
+  balanced_mmtm.py:75-85, uses the other stream's training-set mean). The branch heads
+  themselves read features gated by the other modality: not unimodal, never reported as such.
+  """
 
   trunks: dict[str, Any]  # modality -> trunk module factory (ResNet18 / SmallCNN partial)
   kinds: dict[str, str]  # modality -> spectrogram | frames
@@ -93,36 +101,51 @@ class GreedyNet(nn.Module):
                caring=0):
     names = list(self.trunks)
     trunks = {m: self.trunks[m](name=m) for m in names}
-    x, frames = {}, {}
-    for m in names:  # fold frames into the batch; a spectrogram gets a channel axis
-      v = inputs[m]
-      if self.kinds[m] == "frames":
-        frames[m] = v.shape[1]
-        x[m] = v.reshape((-1,) + v.shape[2:])
-      else:
-        frames[m] = 1
-        x[m] = v[..., None]
-    num_stages = trunks[names[0]].num_stages
-    stage_dims = [trunks[names[0]].width * 2**i if hasattr(trunks[names[0]], "width")
-                  else trunks[names[0]].widths[i] for i in range(num_stages)]
-    new_running = []
-    for i in range(num_stages):
-      for m in names:
-        x[m] = trunks[m](x[m], train, stages=[i])
-      if i == 0:
-        continue
-      k = len(new_running)
-      run = jnp.zeros([2, stage_dims[i]], jnp.float32) if running is None else running[k]
-      scales, r = MMTM(names, [stage_dims[i]] * 2, name=f"mmtm{i}")(
-          [_squeeze(x[m], frames[m]) for m in names], run, count, curation, caring,
-          self.official_running_average)
-      new_running.append(r)
-      for m, s in zip(names, scales):
-        x[m] = _excite(x[m], s, frames[m])
-    feats = {m: _squeeze(x[m], frames[m]) for m in names}
-    uni = BranchHeads(names, self.num_classes, name="head")(feats)
-    return {"logits": sum(uni.values()) / len(names), "unimodal_logits": uni,
-            "features": feats, "mmtm_running": tuple(new_running)}
+    first = trunks[names[0]]
+    num_stages = first.num_stages
+    stage_dims = [first.width * 2**i if hasattr(first, "width") else first.widths[i]
+                  for i in range(num_stages)]
+    mmtms = {i: MMTM(names, [stage_dims[i]] * 2, name=f"mmtm{i}")
+             for i in range(1, num_stages)}
+    heads = BranchHeads(names, self.num_classes, name="head")
+
+    def lockstep(probe: int | None = None):
+      x, frames = {}, {}
+      for m in names:  # fold frames into the batch; a spectrogram gets a channel axis
+        v = inputs[m]
+        if self.kinds[m] == "frames":
+          frames[m] = v.shape[1]
+          x[m] = v.reshape((-1,) + v.shape[2:])
+        else:
+          frames[m] = 1
+          x[m] = v[..., None]
+      new_running = []
+      for i in range(num_stages):
+        for m in names:
+          x[m] = trunks[m](x[m], train, stages=[i])
+        if i == 0:
+          continue
+        k = len(new_running)
+        run = jnp.zeros([2, stage_dims[i]], jnp.float32) if running is None else running[k]
+        squeezed = [_squeeze(x[m], frames[m]) for m in names]
+        if probe is not None:  # the other stream's squeeze replaced by its batch mean
+          other = 1 - probe
+          mean = jax.lax.stop_gradient(jnp.mean(squeezed[other], 0, keepdims=True))
+          squeezed[other] = jnp.broadcast_to(mean, squeezed[other].shape)
+        scales, r = mmtms[i](squeezed, run, count, curation, caring,
+                             self.official_running_average)
+        new_running.append(r)
+        for m, s in zip(names, scales):
+          x[m] = _excite(x[m], s, frames[m])
+      feats = {m: _squeeze(x[m], frames[m]) for m in names}
+      return heads(feats), feats, tuple(new_running)
+
+    branches, feats, new_running = lockstep()
+    out = {"logits": sum(branches.values()) / len(names), "unimodal_logits": branches,
+           "features": feats, "mmtm_running": new_running}
+    if not train:
+      out["unimodal_logits"] = {m: lockstep(probe=k)[0][m] for k, m in enumerate(names)}
+    return out
 
 
 class BranchHeads(nn.Module):
@@ -201,20 +224,22 @@ class Greedy(Method):
     out, batch_stats = fwd(params, batch["inputs"], running=method_state["running"],
                            count=method_state["count"], curation=phase["curation"],
                            caring=phase["caring"])
-    fused, uni = self.losses(out, batch["label"])
-    aux = {"out": out, "batch_stats": batch_stats, "fused": fused, "uni": uni,
-           "params": jax.lax.stop_gradient(params),
-           "metrics": {"curation": phase["curation"].astype(jnp.float32),
-                       **{f"caring_{m}": (phase["curation"] & (phase["caring"] == i))
-                          .astype(jnp.float32) for i, m in enumerate(self.modalities)}}}
-    return (uni[self.modalities[0]] + uni[self.modalities[1]])[None], aux
+    fused, branch = self.losses(out, batch["label"])
+    metrics = {"curation": phase["curation"].astype(jnp.float32),
+               **{f"caring_{m}": (phase["curation"] & (phase["caring"] == i))
+                  .astype(jnp.float32) for i, m in enumerate(self.modalities)}}
+    # the objective is the branches' summed CE; the branch heads read features gated by the
+    # other modality, so they are not logged as unimodal accuracies (unimodal_logits=None)
+    return Objective((branch[self.modalities[0]] + branch[self.modalities[1]])[None], out,
+                     batch_stats, fused, branch, None, metrics,
+                     carry=jax.lax.stop_gradient(params))
 
-  def after_step(self, method_state, aux, grads, ctx):
+  def after_step(self, method_state, objective, grads, ctx):
     o = self.options
-    speeds = learning_speeds(grads, aux["params"], self.modalities)
+    speeds = learning_speeds(grads, objective.carry, self.modalities)
     unlocked = (ctx.epoch >= o.start_epoch) & ctx.active
     phase = next_phase(method_state["phase"], speeds, unlocked, o.threshold, o.phase_steps)
-    return {"running": aux["out"]["mmtm_running"], "count": method_state["count"] + 1,
+    return {"running": objective.outputs["mmtm_running"], "count": method_state["count"] + 1,
             "phase": phase}
 
   def step_metrics(self, opt_state, method_state):

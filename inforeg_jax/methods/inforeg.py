@@ -9,7 +9,8 @@ every run, as the released code does, and measures its own trace inside the tran
 
 from __future__ import annotations
 
-from inforeg_jax.methods.base import Method
+from inforeg_jax import window
+from inforeg_jax.methods.base import Method, true_class_prob_sum
 from inforeg_jax.regulation import inforeg_diagnostics, inforeg_transform
 
 
@@ -18,22 +19,36 @@ class InfoReg(Method):
 
   def __init__(self, cfg, setup):
     super().__init__(cfg, setup)
-    official = self.options.variant == "official"
-    self.unimodal_weight = 1.0 if self.unimodal or official else 0.0
-    self.trace_from_fused = self.unimodal and not official
+    self.official = self.options.variant == "official"
+    self.unimodal_weight = 1.0 if self.unimodal or self.official else 0.0
+    self.trace_from_fused = self.unimodal and not self.official
+
+  @property
+  def window_rule(self):
+    o = self.options
+    if self.official:
+      return window.WindowRule(self.cfg.resolved_threshold, "official", lead=0)
+    return window.WindowRule(self.cfg.resolved_threshold, o.criterion, o.max_window_epochs)
 
   def transforms(self, labels):
-    o = self.options
+    o, rule = self.options, self.window_rule
     return [inforeg_transform(
         labels, steps_per_epoch=self.setup.steps_per_epoch, beta=o.beta,
-        threshold=self.cfg.threshold, warmup_epochs=o.warmup_epochs, variant=o.variant,
-        modalities=self.modalities, window=self.setup.window, criterion=o.criterion,
-        max_window_epochs=o.max_window_epochs)]
+        threshold=rule.threshold, warmup_epochs=o.warmup_epochs, variant=o.variant,
+        modalities=self.modalities, window=self.setup.window,
+        criterion="eq11" if self.official else rule.criterion,
+        max_window_epochs=rule.max_epochs)]
+
+  def transform_inputs(self, objective, batch, ctx):
+    if self.official:  # the released score: batch sums of the true-class probability
+      logits = objective.outputs["unimodal_logits"]
+      return {"unimodal_scores": {m: true_class_prob_sum(logits[m], batch["label"])
+                                  for m in self.modalities}}
+    return {"unimodal_losses": objective.unimodal_losses}  # Eq. 8
 
   def step_metrics(self, opt_state, method_state):
     diag = inforeg_diagnostics(opt_state, self.modalities)
     return {k: v for k, v in diag.items() if not k.startswith("trace_history")}
-
 
 
 class InfoRegUni(InfoReg):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from inforeg_jax.methods.base import Method
+from inforeg_jax.methods.base import Gradients, Method
 
 
 def min_norm_weights(v11, v12, v22) -> jax.Array:
@@ -71,11 +71,11 @@ class MMPareto(Method):
   unimodal_weight = 1.0
   unimodal_heads = True
 
-  def gradients(self, vjp_fn, terms, aux, ctx, flat_labels):
-    per_term = jax.vmap(vjp_fn)(jnp.eye(2, dtype=terms.dtype))[0]
+  def gradients(self, vjp_fn, objective, ctx, flat_labels):
+    per_term = jax.vmap(vjp_fn)(jnp.eye(2, dtype=objective.terms.dtype))[0]
     g_mm = jax.tree.map(lambda g: g[0], per_term)
     g_uni = jax.tree.map(lambda g: g[1], per_term)
     combined, cos = mmpareto_combine(g_mm, g_uni, flat_labels, self.modalities,
                                      self.options.gamma)
     grads = jax.tree.map(lambda c, a, b: jnp.where(ctx.active, c, a + b), combined, g_mm, g_uni)
-    return grads, g_mm, {f"cos_{m}": cos[i] for i, m in enumerate(self.modalities)}
+    return Gradients(grads, g_mm, {f"cos_{m}": cos[i] for i, m in enumerate(self.modalities)})

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from inforeg_jax.labels import modality_names, resolve_labels
-from inforeg_jax.methods.base import Method
+from inforeg_jax.methods.base import Method, true_class_prob_sum
 from inforeg_jax.window import find_one
 
 
@@ -66,7 +66,7 @@ def ogm_ge_transform(param_labels, steps_per_epoch: int, alpha=0.1, noise: bool 
 
   ``update(..., unimodal_scores={m: s_m}, modulate=True)``. Other extras are ignored.
   """
-  if alpha < 0:
+  if isinstance(alpha, (int, float)) and alpha < 0:  # an array in a population
     raise ValueError(f"alpha must be >= 0, got {alpha}")
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -110,8 +110,13 @@ class OGMGE(Method):
     o = self.options
     return super().transforms(labels) + [ogm_ge_transform(
         labels, self.setup.steps_per_epoch, alpha=o.alpha, noise=o.noise,
-        start_epoch=o.start_epoch, end_epoch=o.end_epoch, seed=self.setup.seed,
+        start_epoch=o.start_epoch, end_epoch=o.end_epoch, seed=self.cfg.seed,
         modalities=self.modalities)]
+
+  def transform_inputs(self, objective, batch, ctx):
+    logits = objective.outputs["unimodal_logits"]  # main.py:105-106
+    return {"unimodal_scores": {m: true_class_prob_sum(logits[m], batch["label"])
+                                for m in self.modalities}}
 
   def step_metrics(self, opt_state, method_state):
     s = find_one(opt_state, OGMGEState)

@@ -3,7 +3,8 @@
 
 - Prototypes (``calculate_prototype``, lines 383-441): per class, the mean of each modality's
   features (encoder output, before the fusion) over the first ``max(1, n // 10)`` training
-  batches of a fresh shuffle, in evaluation mode with the training augmentation, computed
+  batches (``--pmr.prototype_fraction``, 0.1: the official ``all_num // 10``) of a fresh
+  shuffle, in evaluation mode with the training augmentation, computed
   before epoch 0 and after every epoch; from the set computed after epoch 1 on, an EMA
   ``P = (1 - m) mean + m P_prev``.
 - Per batch (lines 152-178): prototype logits ``-||f - P_c||`` (Euclidean, not squared), the
@@ -11,6 +12,8 @@
   true-class prototype probability; the modality with the lower score gets ``alpha * PCE``
   added to the fused CE (a hard switch with constant alpha; none on a tie), for
   ``start_epoch <= epoch <= end_epoch`` (inclusive, as the official window).
+- The loss is exactly that (line 178): the released script has no PER (prototypical entropy
+  regularisation) term, which the paper describes; neither do we.
 
 Our choices, named: for M > 2 every modality whose score is below the best gets the term (the
 official code has two modalities); a class absent from the prototype batches keeps its previous
@@ -19,6 +22,8 @@ prototype (zeros before the first) where the official code gets NaN; the distanc
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +63,12 @@ def next_prototypes(previous: jax.Array, sums, counts, momentum, ema: bool):
   return (1 - momentum) * mean + momentum * previous if ema else mean
 
 
+def prototype_batches(steps_per_epoch: int, fraction: float) -> int:
+  """How many training batches the prototypes are computed from: ``max(1, n * fraction)``
+  batches (the official ``all_num // 10`` for 0.1)."""
+  return max(1, int(steps_per_epoch * fraction + 1e-9))
+
+
 class PMR(Method):
 
   def init_state(self, params, outputs):
@@ -65,32 +76,34 @@ class PMR(Method):
                            for m, f in outputs["features"].items()}}
 
   def objective(self, fwd, params, method_state, batch, ctx):
-    terms, aux = super().objective(fwd, params, method_state, batch, ctx)
+    obj = super().objective(fwd, params, method_state, batch, ctx)
     o = self.options
-    pce, weights, _ = pmr_terms(aux["out"]["features"], method_state["prototypes"],
+    pce, weights, _ = pmr_terms(obj.outputs["features"], method_state["prototypes"],
                                 batch["label"], o.alpha, self.modalities)
     on = ctx.active & (ctx.epoch >= o.start_epoch) & (ctx.epoch <= o.end_epoch)
     weights = jnp.where(on, weights, 0.0)
-    aux["metrics"] = {**{f"coef_{m}": weights[i] for i, m in enumerate(self.modalities)},
-                      **{f"pce_{m}": pce[i] for i, m in enumerate(self.modalities)}}
-    return terms.at[0].add(jnp.sum(weights * pce)), aux
+    metrics = {**{f"coef_{m}": weights[i] for i, m in enumerate(self.modalities)},
+               **{f"pce_{m}": pce[i] for i, m in enumerate(self.modalities)}}
+    return obj._replace(terms=obj.terms.at[0].add(jnp.sum(weights * pce)), metrics=metrics)
 
   def prototypes(self, loop, state, epoch: int, ema: bool):
-    """The prototype pass (``calculate_prototype``): evaluation mode, training augmentation,
-    the first tenth of the batches of epoch ``epoch + 1``'s shuffle."""
-    num_batches = max(1, self.setup.steps_per_epoch // 10)
-    sums = {m: 0.0 for m in self.modalities}
-    counts = 0.0
+    """The prototype pass (``calculate_prototype``) for every member: evaluation mode,
+    training augmentation, the first batches of epoch ``epoch + 1``'s shuffle (each
+    member's own order)."""
+    num_batches = prototype_batches(self.setup.steps_per_epoch, self.options.prototype_fraction)
+    means = jax.vmap(class_means, in_axes=(0, 0, None))
+    sums, counts = {m: 0.0 for m in self.modalities}, 0.0
     for out, labels in loop.predict_batches(state, epoch + 1, num_batches, augment=True):
       for m in self.modalities:
-        s, c = class_means(out["features"][m], labels, self.setup.num_classes)
+        s, c = means(out["features"][m], labels, self.setup.num_classes)
         sums[m] = sums[m] + s
       counts = counts + c
+    momentum = jnp.asarray(loop.member_values["pmr.momentum"], jnp.float32)[:, None, None]
     old = state.method_state["prototypes"]
-    new = {m: next_prototypes(old[m], sums[m], counts, self.options.momentum, ema)
-           for m in self.modalities}
+    step = jax.vmap(functools.partial(next_prototypes, ema=ema))
+    new = {m: step(old[m], sums[m], counts, momentum) for m in self.modalities}
     return state.replace(method_state={**state.method_state,
-                                       "prototypes": loop.replicate(new)})
+                                       "prototypes": loop.place(new)})
 
   def on_start(self, loop, state):
     return self.prototypes(loop, state, -1, ema=False)

@@ -1,0 +1,117 @@
+"""A run's folder: what it may hold, a lock while a run writes it, and --overwrite's safety.
+
+A workdir holds only a run's own files (`RUN_FILES`). ``--overwrite`` refuses a folder that
+holds anything else (``--workdir=.``, a folder of the user's), and does not delete the old run
+at once: `set_aside` moves it into ``.replaced/`` inside the workdir, `drop_aside` deletes it
+once the new run has saved its first epoch, and `restore_aside` puts it back if the new run
+stops before that. `Lock` keeps two runs from writing one workdir at once (an exclusive
+``flock`` on ``.lock``, released by the OS when a process dies).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+
+LOCK = ".lock"
+ASIDE = ".replaced"
+RUN_FILES = frozenset({"metrics.jsonl", "summary.json", "checkpoints", "tensorboard",
+                       "accuracy.png", "trace.png", "alpha.png", "log.txt", "config.py", LOCK,
+                       ASIDE, ".process0-token"})
+MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")  # a folder with any holds a run
+
+
+class RunError(Exception):
+  """A run that cannot start or go on; the message is one line for the user."""
+
+
+def used(workdir: str) -> bool:
+  """Whether ``workdir`` holds a run (or the start of one)."""
+  return any(os.path.exists(os.path.join(workdir, f)) for f in MARKERS)
+
+
+def foreign(workdir: str) -> list[str]:
+  """The entries of ``workdir`` that are not a run's own files."""
+  try:
+    names = os.listdir(workdir)
+  except OSError:
+    return []
+  return sorted(n for n in names if n not in RUN_FILES and not n.startswith(".write-test-"))
+
+
+def check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{uuid.uuid4().hex}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise RunError(f"cannot write to --workdir={workdir}: {e.strerror}") from None
+
+
+class Lock:
+  """An exclusive lock on a workdir for as long as this run writes it."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK)
+    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
+      os.close(self.fd)
+      raise RunError(f"--workdir={workdir} is in use by another run (pid {holder}): wait for "
+                     "it, or choose another --workdir") from None
+    os.ftruncate(self.fd, 0)
+    os.write(self.fd, str(os.getpid()).encode())
+
+  def release(self) -> None:
+    if self.fd is not None:
+      fcntl.flock(self.fd, fcntl.LOCK_UN)
+      os.close(self.fd)
+      self.fd = None
+
+
+def check_replaceable(workdir: str) -> None:
+  """--overwrite only replaces a run: a folder with other files is refused."""
+  other = foreign(workdir)
+  if other:
+    shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+    raise RunError(f"--overwrite: --workdir={workdir} holds files that are not a run's "
+                   f"({shown}); refusing to replace it: choose another --workdir")
+
+
+def set_aside(workdir: str) -> bool:
+  """Moves the run in ``workdir`` into ``.replaced/`` (an older one there is dropped first);
+  whether there was a run to move."""
+  aside = os.path.join(workdir, ASIDE)
+  names = [n for n in os.listdir(workdir) if n in RUN_FILES and n not in (LOCK, ASIDE)]
+  if not names:
+    return False
+  shutil.rmtree(aside, ignore_errors=True)
+  os.makedirs(aside)
+  for n in names:
+    os.replace(os.path.join(workdir, n), os.path.join(aside, n))
+  return True
+
+
+def restore_aside(workdir: str) -> None:
+  """Puts a set-aside run back (the new run stopped before saving an epoch)."""
+  aside = os.path.join(workdir, ASIDE)
+  if not os.path.isdir(aside):
+    return
+  for n in os.listdir(aside):
+    target = os.path.join(workdir, n)
+    if os.path.isdir(target) and not os.path.islink(target):
+      shutil.rmtree(target)
+    elif os.path.exists(target):
+      os.remove(target)
+    os.replace(os.path.join(aside, n), target)
+  os.rmdir(aside)
+
+
+def drop_aside(workdir: str) -> None:
+  shutil.rmtree(os.path.join(workdir, ASIDE), ignore_errors=True)

@@ -2,12 +2,15 @@
 its bad inputs, its hard variant (speaker folds, the published PCA rule), and on the real files
 when ../shared/data has them."""
 
+import glob
 import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -423,6 +426,8 @@ def test_hard_variant_with_mnist_training_set(tmp_path):
     (["--variant=hard", "--image_energy_removed=0.5"], "--image_energy_removed applies to"),
     (["--variant=hard", "--fold=6"], "not a fold in 0..5"),
     (["--variant=medium"], "invalid choice"),
+    (["--source=tfds"], "--fsdd_dir is for --source=files"),
+    (["--fsdd_dir="], "--fsdd_dir is required with --source=files"),
 ])
 def test_variant_flags_are_checked(tmp_path, capsys, flags, says):
   with pytest.raises(SystemExit) as e:
@@ -449,3 +454,156 @@ def test_real_hard_variant(tmp_path):
   assert 0.23 < m["sources"]["pca_energy_kept"] <= 0.25
   data = records.load_prepared("avmnist", str(out))
   assert data.test["audio"].shape == (3000, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# --source=tfds: TFDS's download manager finds the files in its cache (no network here)
+
+
+def tfds_cache(data_dir, dataset, url, info, src):
+  """Puts ``src`` where TFDS's download manager keeps its finished download of ``url`` for
+  ``dataset``: named after the address and the registered checksum, with the ``.INFO`` record
+  a download writes (TFDS checks a file when it downloads it, then trusts its cache)."""
+  from etils import epath
+  from tensorflow_datasets.core.download import resource
+
+  dest = data_dir / "downloads" / dataset / resource.get_dl_fname(url, info.checksum)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  shutil.copy(src, dest)
+  resource.write_info_file(url=url, path=epath.Path(dest), dataset_name=dataset,
+                           original_fname=os.path.basename(url), url_info=info)
+
+
+def fsdd_archive(path, wavs):
+  """FSDD's GitHub archive layout: free-spoken-digit-dataset-1.0.9/recordings/*.wav."""
+  with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+    for wav in wavs:
+      tar.add(wav, arcname=f"free-spoken-digit-dataset-1.0.9/recordings/{os.path.basename(wav)}")
+  return path
+
+
+def cache_fsdd(data_dir, wavs):
+  from data_prep import tfds_fetch
+
+  url, info = tfds_fetch.fsdd_address()
+  assert url == ("https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v1.0.9.tar.gz")
+  tfds_cache(data_dir, "spoken_digit", url, info, fsdd_archive(data_dir.parent / "fsdd.tgz", wavs))
+
+
+def test_tfds_source_from_the_download_cache(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import checksums
+
+  from data_prep import tfds_fetch
+
+  fsdd, mnist = make_fixture(tmp_path, per_digit=1, images=100, train_images=600,
+                             speakers=avmnist.SPEAKERS)
+  data_dir = tmp_path / "tfds"
+  cache_fsdd(data_dir, sorted(fsdd.glob("recordings/*.wav")))
+  registry = checksums.get_all_url_infos()
+  for name, url in tfds_fetch.mnist_addresses().items():  # TFDS's mnist addresses
+    tfds_cache(data_dir, "mnist", url, registry[url], mnist / name)
+  out = tmp_path / "out"
+  flags = ("--source=tfds", "--variant=hard", f"--tfds_data_dir={data_dir}", f"--out_dir={out}")
+  proc = prep(*flags)
+  assert proc.returncode == 0, proc.stderr
+  assert "\r" not in proc.stderr  # no progress bars in a log
+  m = manifest_of(out)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 550, "val": 50,
+                                                                 "test": 100}
+  assert m["options"]["source"] == "tfds" and m["options"]["mnist_source"] == "idx"
+  assert m["sources"]["clips_per_split"] == {"train": 40, "val": 10, "test": 10}
+  extracted = list((data_dir / "downloads" / "extracted").glob("TAR_GZ.*/*/recordings"))
+  assert len(extracted) == 1 and m["sources"]["fsdd_recordings"] == str(extracted[0])
+  assert "nothing to do" in prep(*flags).stdout  # the cache and the extraction are reused
+  # a prepared TFDS mnist (array_record) in the data dir is read instead, with tfds.data_source
+  build_tfds_mnist(data_dir, n_train=120, n_test=30)
+  proc = prep(*flags)
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert m["options"]["mnist_source"] == "tfds"
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 110, "val": 10,
+                                                                 "test": 30}
+
+
+def test_tfds_source_refuses_an_archive_with_another_checksum(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  manual = tmp_path / "tfds" / "downloads" / "manual"
+  manual.mkdir(parents=True)
+  fsdd, _ = make_fixture(tmp_path, per_digit=1, images=0)
+  fsdd_archive(manual / "free-spoken-digit-dataset-1.0.9.tar.gz", fsdd.glob("recordings/*"))
+  out = tmp_path / "out"
+  proc = prep("--source=tfds", f"--tfds_data_dir={tmp_path / 'tfds'}", f"--out_dir={out}")
+  assert proc.returncode == 2, proc.stderr
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in proc.stderr
+  assert "free-spoken-digit-dataset-1.0.9.tar.gz does not match TFDS's registered" in err[0]
+  assert not list((tmp_path / "tfds" / "downloads" / "extracted").iterdir())
+  assert not [p for p in out.iterdir() if p.name.startswith("v-")]
+
+
+def test_tfds_source_offline_is_one_line_at_once(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  import socket
+
+  try:
+    socket.getaddrinfo("github.com", 443)
+    pytest.skip("the network is reachable here: the command would download FSDD")
+  except OSError:
+    pass
+  t0 = time.time()
+  proc = prep("--source=tfds", f"--tfds_data_dir={tmp_path / 'tfds'}", f"--out_dir={tmp_path}/o")
+  assert proc.returncode == 2 and time.time() - t0 < 30  # not TFDS's minutes of retries
+  assert proc.stderr.startswith("error: cannot reach github.com") and proc.stderr.count("\n") == 1
+  assert str(tmp_path / "tfds" / "downloads" / "manual") in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fsdd")), reason="no ../shared/data")
+def test_real_tfds_source(tmp_path):
+  """FSDD's archive rebuilt from the real recordings in TFDS's download cache; a TFDS `mnist`
+  (array_record) built with tfds from the real t10k idx files: MNIST's training set is not
+  here, so its 'train' split is the first 8,000 test images and its 'test' split the rest."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from PIL import Image
+
+  data_dir = tmp_path / "tfds"
+  cache_fsdd(data_dir, sorted(glob.glob(os.path.join(SHARED, "fsdd", "recordings", "*.wav"))))
+  images = avmnist.read_idx(os.path.join(SHARED, "mnist", "t10k-images-idx3-ubyte.gz"),
+                            "images")[0]
+  labels = avmnist.read_idx(os.path.join(SHARED, "mnist", "t10k-labels-idx1-ubyte.gz"),
+                            "labels")[0]
+
+  def png(a):
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, format="PNG")
+    return b.getvalue()
+
+  class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = "mnist"
+    VERSION = tfds.core.Version("3.0.1")
+    code_path = None
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10)}), supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 8000),
+              "test": self._generate_examples(8000, 10000)}
+
+    def _generate_examples(self, lo, hi):
+      for i in range(lo, hi):
+        yield i, {"image": png(images[i]), "label": int(labels[i])}
+
+  Mnist(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  out = tmp_path / "out"
+  proc = prep("--source=tfds", "--variant=hard", "--fold=3", f"--tfds_data_dir={data_dir}",
+              f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 7333, "val": 667,
+                                                                 "test": 2000}
+  assert m["sources"]["clips_per_split"] == {"train": 2000, "val": 500, "test": 500}
+  assert m["speakers"]["test"] == ["nicolas"] and m["skipped"] == {}
+  assert m["options"]["mnist_source"] == "tfds"

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean mutate results
+.PHONY: run check test lint install clean mutate results
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m experiments.run --resume  # a second `make run` finishes or re-reports the first
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# The quick tier (80 s on 2 cores): ruff and the tests not marked slow (tests/conftest.py).
+check: lint
+	$(PY) -m pytest -n 2 -m "not slow" tests
+
+# The full suite, what CI runs (.ci/run): ruff and every test.
+test: lint
 	$(PY) -m pytest -n 2 tests
 
 mutate: $(STAMP)

@@ -1,27 +1,62 @@
 """AV-MNIST from the Free Spoken Digit Dataset and MNIST, every image used.
 
 AV-MNIST-style pairs (Vielzeuf et al. 2018; MultiBench): a spoken digit from FSDD and a
-handwritten digit of the same class from MNIST, degraded so that neither modality is trivial:
-the images lose the leading PCA components (fit on the training images only) that hold
---image_energy_removed of their variance (AV-MNIST removes 75%); each pair's audio gets its
-own white noise at --audio_snr_db.
+handwritten digit of the same class from MNIST, degraded so that neither modality is trivial.
+Every image is paired with a clip of its digit from its split's clips, the clips cycled evenly
+(a seeded order), so a split holds one pair per image; each pair's audio gets its own white
+noise at --audio_snr_db. Two constructions (--variant):
 
-Splits, disjoint in clips and in images:
-  clips   FSDD's official split: recording indices 0-4 test, 5-9 validation, 10-49 train.
-  images  --mnist_dir with only MNIST's test set (t10k-*, 10,000 images): a seeded per-digit
-          split 80/10/10 (8,000 / 1,000 / 1,000). With MNIST's training set too (train-*
-          idx files in --mnist_dir, or --tfds_data_dir): its 60,000 images give train and
-          validation (a seeded per-digit sixth, 10,000, for validation), the test set test.
-Every image is paired with a clip of its digit from the same split, the clips cycled evenly
-(a seeded order), so a split holds one pair per image.
+easy (the default; ours)
+  images  lose the leading PCA components (fit on the training images only) that hold
+          --image_energy_removed of their variance (0.75); the residual is kept.
+  clips   FSDD's official split by recording index, every speaker in every split: indices
+          0-4 test, 5-9 validation, 10-49 train.
+  splits  with only MNIST's test set (t10k-*, 10,000 images): a seeded per-digit split
+          80/10/10 (8,000 / 1,000 / 1,000); with MNIST's training set (train-* idx files, or
+          TFDS): its 60,000 give train and validation (a seeded per-digit sixth, 10,000), the
+          10,000 test images test.
+  noise   -6 dB: the audio alone reaches about 0.75, the images alone about 0.9.
+hard (closer to the published construction, _MFAS's avmnist_gen.py behind MultiBench's file)
+  images  reconstructed from the top PCA components whose cumulative explained variance stays
+          within --image_energy_kept (0.25, as published; at least one component), fit on the
+          training images only; the other components are dropped and the mean is not added
+          back.
+  clips   speakers held out: 4 FSDD speakers train, 1 validates, 1 tests, all 50 recordings
+          of each; --fold rotates them:
+            fold  test      validation  train
+            0     george    jackson     lucas nicolas theo yweweler
+            1     jackson   lucas       george nicolas theo yweweler
+            2     lucas     nicolas     george jackson theo yweweler
+            3     nicolas   theo        george jackson lucas yweweler
+            4     theo      yweweler    george jackson lucas nicolas
+            5     yweweler  george      jackson lucas nicolas theo
+          Recordings of other speakers are skipped (and listed).
+  splits  with only MNIST's test set: a seeded per-digit split 60/10/30 (6,000 / 1,000 /
+          3,000); with MNIST's training set: 55,000 train and 5,000 validation from it
+          (MultiBench's sizes, per digit, seeded), the 10,000 test images test.
+  noise   %(hard_snr)s dB, calibrated on fold 0's validation split so that the audio alone
+          scores near MultiBench's 0.42 (docs/DATA.md; the images alone: about %(hard_image)s).
+
+Sources (--source):
+  files   --fsdd_dir (the recordings) and --mnist_dir (MNIST's idx files) or --tfds_data_dir
+          (a TFDS data dir with `mnist` prepared in the array_record format).
+  tfds    one command on a machine with network, no TensorFlow: TFDS's download manager
+          fetches FSDD's archive from the address TFDS's `spoken_digit` uses and, unless
+          --tfds_data_dir already holds a prepared `mnist` (read with tfds.data_source),
+          MNIST's four idx files from TFDS's `mnist` addresses, into
+          <tfds_data_dir>/downloads (checked against TFDS's registered checksums; files put in
+          downloads/manual/ by hand are used instead). TFDS's own `spoken_digit` and `mnist`
+          builders need TensorFlow to prepare, so the files are read here.
 
 Audio: 8 kHz, tiled to 1 s, log |STFT| (n_fft 256, hop 128, Hann, centred): 129 x 63, area-
 averaged to --audio_bins x --audio_frames (magnitudes averaged, then the log).
-Visual: [1, 28, 28, 1] float32 (one frame, one channel).
+Visual: [1, 28, 28, 1] float32 (one frame, one channel), scaled to unit standard deviation
+over the training images.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import gzip
 import hashlib
@@ -30,7 +65,6 @@ import re
 import zlib
 
 import numpy as np
-from tqdm import tqdm
 
 from data_prep import common
 from inforeg_jax.data import records
@@ -39,28 +73,67 @@ NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 RATE, SECONDS, N_FFT, HOP = 8000, 1.0, 256, 128
 BINS, FRAMES = N_FFT // 2 + 1, 1 + int(RATE * SECONDS) // HOP  # 129 x 63
 CLIP_SPLIT = ((0, 5, "test"), (5, 10, "val"), (10, 10**9, "train"))  # FSDD recording index
+SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # FSDD's six, sorted
+# Shares of the image pool per variant: (with MNIST's training set, with its test set only).
+IMAGE_SPLIT = {"easy": ({"val": 1 / 6}, {"val": 0.1, "test": 0.1}),
+               "hard": ({"val": 1 / 12}, {"val": 0.1, "test": 0.3})}
+EASY_SNR_DB = -6.0
+HARD_SNR_DB = -4.5  # calibrated: docs/results/avmnist_hard_calibration.json
+HARD_IMAGE_ACC = "0.57"  # fold 0's validation accuracy of the images alone (the docstring's)
+EASY_ENERGY_REMOVED, HARD_ENERGY_KEPT = 0.75, 0.25
+__doc__ = __doc__ % {"hard_snr": f"{HARD_SNR_DB:g}", "hard_image": HARD_IMAGE_ACC}
+
+
+def fold_speakers(fold: int) -> dict[str, list[str]]:
+  """{'train', 'val', 'test'}: the FSDD speakers of ``--variant=hard --fold=fold``."""
+  test, val = SPEAKERS[fold], SPEAKERS[(fold + 1) % len(SPEAKERS)]
+  return {"train": [s for s in SPEAKERS if s not in (test, val)], "val": [val], "test": [test]}
+
+
+def fold_number(text: str) -> int:
+  value = common.nonnegative_int(text)
+  if value >= len(SPEAKERS):
+    raise argparse.ArgumentTypeError(f"{value} is not a fold in 0..{len(SPEAKERS) - 1}")
+  return value
+
+
 FLAGS = {
-    "fsdd_dir": dict(help="FSDD: a folder of {digit}_{speaker}_{index}.wav recordings (or "
-                     "the repository, with recordings/ inside)"),
+    "variant": dict(default="easy", choices=["easy", "hard"],
+                    help="easy: ours; hard: closer to the published construction (speakers "
+                    "held out, images kept to their top PCA components; see above)"),
+    "fold": dict(default=None, type=fold_number, metavar="K",
+                 help="--variant=hard: which speakers are held out for test and validation, "
+                 "0-5 (the table above; default 0)"),
+    "source": dict(default="files", choices=["files", "tfds"],
+                   help="files: --fsdd_dir and --mnist_dir/--tfds_data_dir; tfds: fetch both "
+                   "with TFDS's download manager into --tfds_data_dir (see above)"),
+    "fsdd_dir": dict(default="", help="--source=files (required there): a folder of FSDD's "
+                     "{digit}_{speaker}_{index}.wav recordings (or the repository, with "
+                     "recordings/ inside)"),
     "mnist_dir": dict(default="", help="MNIST idx files as published: t10k-images-idx3-ubyte"
                       "[.gz] and t10k-labels-idx1-ubyte[.gz]; with train-images/train-labels "
                       "there too, MNIST's training set feeds train and validation"),
-    "tfds_data_dir": dict(default="", help="instead of --mnist_dir: a TFDS data_dir holding "
-                          "`mnist` prepared in the array_record format (read with "
-                          "tfds.data_source, no TensorFlow): 60,000 training + 10,000 test "
-                          "images. The audio still comes from --fsdd_dir: TFDS's "
-                          "`spoken_digit` cannot be read without TensorFlow"),
-    "out_dir": dict(default="data/avmnist", help="where the prepared dataset goes (data/avmnist is where "
-                    "experiments.run looks by default)"),
+    "tfds_data_dir": dict(default="", help="--source=files: instead of --mnist_dir, a TFDS data "
+                          "dir holding `mnist` prepared in the array_record format (read with "
+                          "tfds.data_source, no TensorFlow: 60,000 training + 10,000 test "
+                          "images). --source=tfds: where TFDS keeps its data and downloads "
+                          "(default there: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"),
+    "out_dir": dict(default="data/avmnist", help="where the prepared dataset goes "
+                    "(data/avmnist is where experiments.run looks by default)"),
     "seed": dict(default=0, type=common.nonnegative_int,
                  help="seeds the image split, the pairing and the audio noise"),
-    "image_energy_removed": dict(default=0.75, type=common.fraction, metavar="FRACTION",
-                                 help="fraction of the image variance whose leading PCA "
-                                 "components are removed"),
-    "audio_snr_db": dict(default=-6.0, type=common.finite_float, metavar="DB",
+    "image_energy_removed": dict(default=None, type=common.fraction, metavar="FRACTION",
+                                 help="--variant=easy: fraction of the image variance whose "
+                                 "leading PCA components are removed (default "
+                                 f"{EASY_ENERGY_REMOVED})"),
+    "image_energy_kept": dict(default=None, type=common.fraction, metavar="FRACTION",
+                              help="--variant=hard: the images keep the top PCA components "
+                              "whose cumulative explained variance is at most this (default "
+                              f"{HARD_ENERGY_KEPT}, as published)"),
+    "audio_snr_db": dict(default=None, type=common.finite_float, metavar="DB",
                          help="signal-to-noise ratio of the white noise added to each pair's "
-                         "audio (-6: the audio alone reaches about 0.75, the images alone "
-                         "about 0.9, so that fusion is off the ceiling; docs/RESULTS.md)"),
+                         f"audio (default {EASY_SNR_DB:g} for easy, {HARD_SNR_DB:g} for hard; "
+                         "docs/DATA.md)"),
     "audio_bins": dict(default=32, type=common.positive_int, metavar="F",
                        help=f"frequency rows of the spectrogram, 1..{BINS} (the {BINS} STFT "
                        "bins area-averaged; 32 keeps a run near a minute on 2 cores)"),
@@ -111,8 +184,8 @@ def find_idx(mnist_dir: str, stem: str, required: bool = True) -> str | None:
                          "test set (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) into it")
 
 
-def mnist_from_idx(mnist_dir: str) -> tuple[dict, list[str], dict]:
-  """{'test': (images, labels), ['train': ...]}, the files read, source facts."""
+def idx_files(mnist_dir: str) -> dict[str, tuple[str, str]]:
+  """{'test': (images, labels)[, 'train': ...]} idx paths in ``mnist_dir``."""
   files = {"test": (find_idx(mnist_dir, "t10k-images-idx3-ubyte"),
                     find_idx(mnist_dir, "t10k-labels-idx1-ubyte"))}
   train = (find_idx(mnist_dir, "train-images-idx3-ubyte", False),
@@ -122,6 +195,11 @@ def mnist_from_idx(mnist_dir: str) -> tuple[dict, list[str], dict]:
   elif any(train):
     raise common.PrepError(f"--mnist_dir={mnist_dir} has only one of train-images-idx3-ubyte "
                            "and train-labels-idx1-ubyte: add the other or remove it")
+  return files
+
+
+def mnist_from_files(files: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
+  """{'test': (images, labels)[, 'train': ...]} of idx files, and source facts."""
   sets, facts = {}, {}
   for split, (img_path, lab_path) in files.items():
     images, images_md5 = read_idx(img_path, "images")
@@ -133,6 +211,13 @@ def mnist_from_idx(mnist_dir: str) -> tuple[dict, list[str], dict]:
     facts[f"mnist_{split}_images_md5"] = images_md5
   if "train" not in sets:
     facts["mnist_images_md5"] = facts["mnist_test_images_md5"]
+  return sets, facts
+
+
+def mnist_from_idx(mnist_dir: str) -> tuple[dict, list[str], dict]:
+  """{'test': (images, labels), ['train': ...]}, the files read, source facts."""
+  files = idx_files(mnist_dir)
+  sets, facts = mnist_from_files(files)
   return sets, [p for pair in files.values() for p in pair], facts
 
 
@@ -168,7 +253,7 @@ def mnist_from_tfds(data_dir: str) -> dict:
       ) from None
     images = np.empty((n, 28, 28), np.uint8)
     labels = np.empty(n, np.int32)
-    for lo in tqdm(range(0, n, 5000), desc=f"TFDS mnist {split}", unit="5k"):
+    for lo in common.progress(range(0, n, 5000), desc=f"TFDS mnist {split}", unit="5k"):
       for i, ex in enumerate(source.__getitems__(list(range(lo, min(lo + 5000, n))))):
         images[lo + i] = np.asarray(ex["image"]).reshape(28, 28)
         labels[lo + i] = int(ex["label"])
@@ -184,13 +269,14 @@ def quotas(counts: np.ndarray, total: int) -> np.ndarray:
   return out
 
 
-def split_images(sets: dict, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split_images(sets: dict, rng, variant: str = "easy"
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Disjoint train/val/test (images, labels): per digit, seeded (see the module doc)."""
   if "train" in sets:
-    pool, fractions = sets["train"], {"val": 1 / 6}
+    pool, fractions = sets["train"], IMAGE_SPLIT[variant][0]
     out = {"test": sets["test"]}
   else:
-    pool, fractions = sets["test"], {"val": 0.1, "test": 0.1}
+    pool, fractions = sets["test"], IMAGE_SPLIT[variant][1]
     out = {}
   images, labels = pool
   counts = np.bincount(labels, minlength=10)
@@ -229,6 +315,36 @@ def fit_degrade(fit_on: np.ndarray, removed: float):
   return degrade
 
 
+def published_components(energy: np.ndarray, kept: float) -> int:
+  """How many leading components _MFAS's avmnist_gen.py keeps: those whose cumulative
+  explained variance ``energy`` stays within ``kept``
+  (``((np.cumsum(ratio) > kept) != 0).argmax()``), at least one."""
+  return max(1, int(np.argmax(energy > kept)) if (energy > kept).any() else len(energy))
+
+
+def fit_keep(fit_on: np.ndarray, kept: float):
+  """A function images -> float32 images reconstructed from the leading principal components
+  of ``fit_on`` (the training images, pixels / 255) that hold at most ``kept`` of their
+  variance, the mean not added back (the published recipe), scaled by the training
+  reconstructions' standard deviation (``degrade.scale``)."""
+  fit = fit_on.reshape(len(fit_on), -1).astype(np.float64) / 255.0
+  mean = fit.mean(0)
+  _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
+  energy = np.cumsum(s**2) / np.sum(s**2)
+  lead = vt[:published_components(energy, kept)]
+  project = lambda x: ((x - mean) @ lead.T) @ lead
+  scale = float(project(fit).std()) + 1e-8
+
+  def degrade(images: np.ndarray) -> np.ndarray:
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    return (project(x) / scale).reshape(images.shape).astype(np.float32)
+
+  degrade.components_kept = len(lead)
+  degrade.energy_kept = float(energy[len(lead) - 1])
+  degrade.scale = scale
+  return degrade
+
+
 # ----------------------------------------------------------------------------------------------
 # Audio
 
@@ -247,65 +363,154 @@ def spectrograms(waves: np.ndarray, bins: int, frames: int) -> np.ndarray:
   return out
 
 
-def main(argv=None) -> None:
-  args = common.flags("avmnist", __doc__, FLAGS, argv)
+def check_flags(args) -> None:
+  """Variant-specific flags, resolved in place; one ``error:`` line for a misplaced one."""
   if args.audio_bins > BINS or args.audio_frames > FRAMES:
     raise common.PrepError(f"--audio_bins={args.audio_bins} --audio_frames={args.audio_frames}:"
                            f" at most {BINS} x {FRAMES} (the STFT's own size)")
-  if bool(args.mnist_dir) == bool(args.tfds_data_dir):
-    raise common.PrepError("pass one MNIST source: --mnist_dir (idx files) or --tfds_data_dir "
-                           "(TFDS's mnist)")
-  fsdd = common.require_dir(args.fsdd_dir, "--fsdd_dir", "FSDD's recordings/*.wav")
+  hard_only, easy_only = ("fold", "image_energy_kept"), ("image_energy_removed",)
+  other = "easy" if args.variant == "hard" else "hard"
+  for flag in easy_only if args.variant == "hard" else hard_only:
+    if getattr(args, flag) is not None:
+      raise common.PrepError(f"--{flag} applies to --variant={other} only, not "
+                             f"--variant={args.variant}")
+  if args.variant == "hard":
+    args.fold = 0 if args.fold is None else args.fold
+    args.image_energy_kept = (HARD_ENERGY_KEPT if args.image_energy_kept is None
+                              else args.image_energy_kept)
+  else:
+    args.image_energy_removed = (EASY_ENERGY_REMOVED if args.image_energy_removed is None
+                                 else args.image_energy_removed)
+  if args.audio_snr_db is None:
+    args.audio_snr_db = HARD_SNR_DB if args.variant == "hard" else EASY_SNR_DB
+  if args.source == "tfds":
+    for flag in ("fsdd_dir", "mnist_dir"):
+      if getattr(args, flag):
+        raise common.PrepError(f"--{flag} is for --source=files; --source=tfds fetches the data "
+                               "into --tfds_data_dir")
+  else:
+    if not args.fsdd_dir:
+      raise common.PrepError("--fsdd_dir is required with --source=files (or fetch FSDD with "
+                             "--source=tfds)")
+    if bool(args.mnist_dir) == bool(args.tfds_data_dir):
+      raise common.PrepError("pass one MNIST source: --mnist_dir (idx files) or --tfds_data_dir "
+                             "(TFDS's mnist)")
+
+
+def find_wavs(fsdd: str, flag_text: str) -> list[str]:
   if os.path.isdir(os.path.join(fsdd, "recordings")):
     fsdd = os.path.join(fsdd, "recordings")
   wavs = sorted(glob.glob(os.path.join(fsdd, "*.wav")))
   if not wavs:
-    raise common.PrepError(f"--fsdd_dir={args.fsdd_dir} holds no .wav files "
+    raise common.PrepError(f"{flag_text} holds no .wav files "
                            "(expected FSDD's {digit}_{speaker}_{index}.wav)")
-  if args.mnist_dir:
-    common.require_dir(args.mnist_dir, "--mnist_dir", "the MNIST idx files")
-    mnist_files = [p for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-                                  "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-                   for p in [find_idx(args.mnist_dir, stem, stem.startswith("t10k"))] if p]
+  return wavs
+
+
+def clip_splitter(args):
+  """(name match -> split or None, the reason a clip is left out, the split's clips in words)."""
+  if args.variant == "easy":
+    span = {s: f"FSDD recording indices {lo}-{min(hi, 50) - 1}" for lo, hi, s in CLIP_SPLIT}
+    return (lambda m: clip_split(int(m.group(3)))), "", span
+  by_speaker = {spk: s for s, spks in fold_speakers(args.fold).items() for spk in spks}
+  span = {s: f"FSDD speaker(s) {', '.join(spks)}" for s, spks in
+          fold_speakers(args.fold).items()}
+  return (lambda m: by_speaker.get(m.group(2))), (
+      f"speaker is not one of FSDD's six ({', '.join(SPEAKERS)}), the hard variant's folds"), span
+
+
+def main(argv=None) -> None:
+  args = common.flags("avmnist", __doc__, FLAGS, argv)
+  check_flags(args)
+  hard = args.variant == "hard"
+  if args.source == "files":
+    fsdd = common.require_dir(args.fsdd_dir, "--fsdd_dir", "FSDD's recordings/*.wav")
+    wavs, fsdd_text = find_wavs(fsdd, f"--fsdd_dir={args.fsdd_dir}"), args.fsdd_dir
+    if args.mnist_dir:
+      common.require_dir(args.mnist_dir, "--mnist_dir", "the MNIST idx files")
+      mnist_paths = idx_files(args.mnist_dir)
+    else:
+      common.require_dir(args.tfds_data_dir, "--tfds_data_dir", "TFDS's mnist/ (array_record)")
+      mnist_paths = None
+    tfds_dir = args.tfds_data_dir
+    common.claim_out_dir(args.out_dir)
   else:
-    common.require_dir(args.tfds_data_dir, "--tfds_data_dir", "TFDS's mnist/ (array_record)")
-    mnist_files = tfds_files(args.tfds_data_dir)
-  options = {k: getattr(args, k) for k in ("seed", "image_energy_removed", "audio_snr_db",
-                                           "audio_bins", "audio_frames")}
-  options.update(mnist_source="tfds" if args.tfds_data_dir else "idx", rate=RATE,
+    from data_prep import tfds_fetch
+
+    tfds_dir = args.tfds_data_dir or tfds_fetch.default_data_dir()
+    common.claim_out_dir(args.out_dir)
+    fsdd_text = tfds_fetch.fetch_fsdd(tfds_dir)
+    wavs = find_wavs(fsdd_text, fsdd_text)
+    prepared = glob.glob(os.path.join(tfds_dir, "mnist", "*", "dataset_info.json"))
+    mnist_paths = None if prepared else tfds_fetch.fetch_mnist(tfds_dir)
+  if mnist_paths is None:
+    mnist_files = tfds_files(tfds_dir)
+  else:
+    mnist_files = [p for split in ("test", "train") if split in mnist_paths
+                   for p in mnist_paths[split]]
+
+  if hard:
+    speakers = fold_speakers(args.fold)
+    options = {"variant": "hard", "fold": args.fold, "speakers": speakers,
+               **{k: getattr(args, k) for k in ("seed", "image_energy_kept", "audio_snr_db",
+                                                "audio_bins", "audio_frames")}}
+  else:
+    options = {k: getattr(args, k) for k in ("seed", "image_energy_removed", "audio_snr_db",
+                                             "audio_bins", "audio_frames")}
+  options.update(mnist_source="idx" if mnist_paths is not None else "tfds", rate=RATE,
                  seconds=SECONDS, n_fft=N_FFT, hop=HOP, stft_pad_mode="constant",
-                 clip_split="FSDD index 0-4 test, 5-9 val, 10-49 train")
+                 clip_split=("FSDD speakers: " + "; ".join(f"{s} {', '.join(v)}" for s, v in
+                                                          speakers.items())
+                             if hard else "FSDD index 0-4 test, 5-9 val, 10-49 train"))
+  if args.source == "tfds":
+    options["source"] = "tfds"
   fp = common.fingerprint(wavs + mnist_files, options)
-  os.makedirs(args.out_dir, exist_ok=True)
   if common.already_done(args.out_dir, fp):
     return
 
-  if args.mnist_dir:
-    sets, _, facts = mnist_from_idx(args.mnist_dir)
+  if mnist_paths is not None:
+    sets, facts = mnist_from_files(mnist_paths)
   else:
-    sets, facts = mnist_from_tfds(args.tfds_data_dir), {"mnist_tfds_data_dir": args.tfds_data_dir}
+    sets, facts = mnist_from_tfds(tfds_dir), {"mnist_tfds_data_dir": tfds_dir}
   rng = np.random.default_rng(args.seed)
-  images = split_images(sets, rng)
-  facts["image_split"] = ("MNIST train: per-digit 5/6 train, 1/6 val; MNIST test: test"
-                          if "train" in sets else "MNIST test set: per-digit 80/10/10")
-  degrade = fit_degrade(images["train"][0], args.image_energy_removed)
-  facts["pca_components_removed"] = degrade.components_removed
+  images = split_images(sets, rng, args.variant)
+  shares = IMAGE_SPLIT[args.variant]
+  if "train" in sets:
+    val = shares[0]["val"]
+    facts["image_split"] = (
+        "MNIST train: per-digit 5/6 train, 1/6 val; MNIST test: test" if not hard else
+        f"MNIST train: per-digit {1 - val:.0%} train, {val:.0%} val; MNIST test: test")
+  else:
+    facts["image_split"] = "MNIST test set: per-digit " + "/".join(
+        f"{round(100 * f)}" for f in (1 - sum(shares[1].values()), *shares[1].values()))
+  if hard:
+    degrade = fit_keep(images["train"][0], args.image_energy_kept)
+    facts.update(pca_components_kept=degrade.components_kept,
+                 pca_energy_kept=round(degrade.energy_kept, 6),
+                 visual_scale=degrade.scale)
+  else:
+    degrade = fit_degrade(images["train"][0], args.image_energy_removed)
+    facts["pca_components_removed"] = degrade.components_removed
 
+  split_of, outside, span = clip_splitter(args)
   skipped: dict[str, str] = {}
   clips: dict[str, dict[int, list[np.ndarray]]] = {s: {d: [] for d in range(10)}
                                                    for _, _, s in CLIP_SPLIT}
-  for path in tqdm(wavs, desc="FSDD", unit="clip"):
+  for path in common.progress(wavs, desc="FSDD", unit="clip"):
     m = NAME.match(os.path.basename(path))
     if not m:
       skipped[path] = "name is not {digit}_{speaker}_{index}.wav"
+      continue
+    split = split_of(m)
+    if split is None:
+      skipped[path] = outside
       continue
     try:
       wave, _ = common.read_audio(path, RATE)
     except Exception as e:  # unreadable, truncated, non-finite, another rate: counted skip
       skipped[path] = f"{type(e).__name__}: {e}"
       continue
-    clips[clip_split(int(m.group(3)))][int(m.group(1))].append(
-        common.tile_to(wave, int(RATE * SECONDS)))
+    clips[split][int(m.group(1))].append(common.tile_to(wave, int(RATE * SECONDS)))
 
   banks, assign = {}, {}
   for split in ("train", "val", "test"):
@@ -318,11 +523,10 @@ def main(argv=None) -> None:
       want = np.flatnonzero(labels == d)
       have = np.flatnonzero(digit == d)
       if len(want) and not len(have):
-        span = next(f"{lo}-{min(hi, 50) - 1}" for lo, hi, s in CLIP_SPLIT if s == split)
-        raise common.PrepError(f"no usable {split} clips of digit {d} in {args.fsdd_dir} "
-                               f"(FSDD recording indices {span}; see the skipped files above)"
+        raise common.PrepError(f"no usable {split} clips of digit {d} in {fsdd_text} "
+                               f"({span[split]}; see the skipped files above)"
                                if skipped else f"no {split} clips of digit {d} in "
-                               f"{args.fsdd_dir} (FSDD recording indices {span})")
+                               f"{fsdd_text} ({span[split]})")
       assign[split][want] = rng.permutation(have)[np.arange(len(want)) % max(len(have), 1)]
 
   snr = 10 ** (args.audio_snr_db / 10)
@@ -344,16 +548,21 @@ def main(argv=None) -> None:
       clip_counts[split] = len(banks[split])
       used = np.bincount(assign[split], minlength=len(banks[split]))
       uses[split] = [int(used.min()), int(used.max())] if used.size else [0, 0]
-    common.finish(prep, {
+    sources = {**facts, "fsdd_clips": len(wavs), "clips_per_split": clip_counts,
+               "pairs_per_clip_min_max": uses}
+    if args.source == "tfds":
+      sources["fsdd_recordings"] = fsdd_text
+    manifest = {
         "name": "avmnist", "num_classes": 10,
         "kinds": {"audio": "spectrogram", "visual": "frames"}, "frame_crop": None,
         "counts": counts, "shapes": {"audio": [args.audio_bins, args.audio_frames],
                                      "visual": [1, 28, 28, 1]},
         "source_fingerprint": fp, "options": options, "command": args.command,
-        "sources": {**facts, "fsdd_clips": len(wavs), "clips_per_split": clip_counts,
-                    "pairs_per_clip_min_max": uses},
-    }, skipped)
+        "sources": sources, "variant": args.variant}
+    if hard:
+      manifest.update(fold=args.fold, speakers=speakers)
+    common.finish(prep, manifest, skipped)
 
 
 if __name__ == "__main__":
-  main()
+  common.cli(main)

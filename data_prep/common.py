@@ -3,19 +3,24 @@
 A preparation is idempotent: its manifest records the checksum of its inputs and options, and
 a second run with the same ones ends at once. Every array is written into a new version
 folder and the manifest last (``inforeg_jax.data.records.Preparation``), so an interrupted run
-leaves the previous dataset complete and untouched.
+leaves the previous dataset complete and untouched. A preparation holds ``<out_dir>/.prep.lock``
+(``fcntl.flock``) while it runs, so a second one into the same folder is refused; Ctrl-C is
+one line and exit status 130 (`cli`); off a terminal, progress is a plain line per 10%.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import shlex
+import signal
 import struct
 import sys
-from typing import Iterable
+import time
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -110,6 +115,92 @@ def require_dir(path: str, flag: str, what: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# The output folder, its lock, interruption, progress
+
+LOCK = ".prep.lock"
+_state = {"out_dir": None, "committed": False, "locks": {}}  # locks: {real path: fd}
+
+
+def claim_out_dir(out_dir: str, flag: str = "--out_dir") -> None:
+  """Makes ``out_dir`` and holds its lock (``<out_dir>/.prep.lock``, ``fcntl.flock``) until the
+  process ends. One ``error:`` line when it is a file, cannot be made or written, or another
+  preparation holds it (naming that one's pid). Under the lock, version folders left by a
+  killed preparation are removed."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise PrepError(f"{flag}={out_dir} is a file, not a folder; choose another {flag}")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise PrepError(f"{flag}={out_dir} cannot be created ({e.strerror or e}); choose another "
+                    f"{flag}") from None
+  path = os.path.join(out_dir, LOCK)
+  _state["out_dir"], _state["committed"] = out_dir, False
+  if os.path.realpath(path) in _state["locks"]:  # this process holds it already (in-process use)
+    return
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise PrepError(f"{flag}={out_dir} is not writable ({e.strerror or e}); choose another "
+                    f"{flag} or fix its permissions") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise PrepError(f"{flag}={out_dir} is being prepared by another data_prep (pid {holder}); "
+                    f"wait for it to end or choose another {flag}") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  _state["locks"][os.path.realpath(path)] = fd
+  records.remove_stale_versions(out_dir)
+
+
+def _raise_interrupt(signum, frame):
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def cli(main: Callable[[], None]) -> None:
+  """Runs a preparation's ``main`` as a command: Ctrl-C (or SIGTERM) is one ``error:`` line
+  saying what the output folder holds now, and exit status 130 (143)."""
+  signal.signal(signal.SIGTERM, _raise_interrupt)
+  try:
+    main()
+  except KeyboardInterrupt as e:
+    name = str(e) if str(e) in ("SIGINT", "SIGTERM") else "SIGINT"
+    what, out_dir = ("Ctrl-C" if name == "SIGINT" else name), _state["out_dir"]
+    if out_dir is None:
+      line = f"interrupted ({what}) before anything was written"
+    elif _state["committed"]:
+      line = f"interrupted ({what}) after the new dataset in {out_dir} was complete"
+    else:
+      held = ("keeps its previous dataset" if records.read_manifest(out_dir, strict=False)
+              else "holds no prepared dataset")
+      line = (f"interrupted ({what}): {out_dir} {held}, nothing partial left behind; run the "
+              "command again to prepare it")
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(143 if name == "SIGTERM" else 130)
+
+
+def progress(items: Iterable, desc: str, unit: str = "it", total: int | None = None,
+             stream=None) -> Iterator:
+  """``tqdm`` on a terminal; elsewhere (a log file) a plain line at every 10%, as tqdm's
+  carriage returns make a log unreadable."""
+  stream = stream or sys.stderr
+  if stream.isatty():
+    yield from tqdm(items, desc=desc, unit=unit, total=total, file=stream)
+    return
+  total = len(items) if total is None else total
+  start, mark = time.monotonic(), 10
+  for done, item in enumerate(items, 1):
+    yield item
+    percent = done * 100 // max(total, 1)
+    if percent >= mark:
+      mark = percent // 10 * 10 + 10
+      print(f"{desc}: {percent // 10 * 10}% ({done}/{total} {unit}, "
+            f"{time.monotonic() - start:.0f} s)", file=stream, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # Idempotency, caches, the report
 
 
@@ -145,7 +236,7 @@ def cached_clips(items, process, cache_dir: str, desc: str, skipped: dict) -> li
   usable [(cache file, label)]."""
   os.makedirs(cache_dir, exist_ok=True)
   usable = []
-  for clip, label in tqdm(items, desc=desc, unit="clip"):
+  for clip, label in progress(items, desc=desc, unit="clip"):
     cached = os.path.join(cache_dir, f"{clip}.npz")
     try:
       if os.path.exists(cached):
@@ -194,6 +285,7 @@ def finish(prep: records.Preparation, manifest: dict, skipped: dict[str, str]) -
   never silent)."""
   manifest["skipped"] = skipped
   manifest = prep.commit(manifest)
+  _state["committed"] = True
   counts = {s: manifest["counts"][s]["total"] for s in manifest["counts"]}
   print(f"prepared {manifest['name']} in {prep.out_dir}: {counts}; skipped {len(skipped)}")
   for path, why in sorted(skipped.items()):

@@ -82,8 +82,9 @@ def read_split_csv(path: str) -> dict[str, int]:
 
 FLAGS = {
     "raw_dir": dict(help="CREMA-D as published: AudioWAV/*.wav and VideoFlash/*.flv"),
-    "out_dir": dict(default="data/cremad", help="where the prepared dataset goes (experiments.run reads data/cremad "
-                    "by default)"),
+    "out_dir": dict(default="data/cremad",
+                    help="where the prepared dataset goes (experiments.run reads "
+                    "data/cremad by default)"),
     "split_dir": dict(default="", help="a folder with OGM-GE's train.csv and test.csv "
                       "(copies in ../shared/data/cremad_splits); default: a seeded split of "
                       "the same sizes"),
@@ -152,7 +153,7 @@ def main(argv=None) -> None:
               "val": {c: l for c, l in splits["train"].items() if c in val},
               "test": splits["test"]}
   fp = common.fingerprint(list(wavs.values()) + split_files, options)
-  os.makedirs(args.out_dir, exist_ok=True)
+  common.claim_out_dir(args.out_dir)
   if common.already_done(args.out_dir, fp):
     return
 
@@ -185,4 +186,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.cli(main)

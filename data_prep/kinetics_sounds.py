@@ -114,7 +114,8 @@ def read_list(path: str) -> list[tuple[str, int]]:
 
 FLAGS = {
     "raw_dir": dict(help="the Kinetics-Sounds video files (any folder layout below it)"),
-    "out_dir": dict(default="data/kinetics_sounds", help="where the prepared dataset goes (experiments.run reads "
+    "out_dir": dict(default="data/kinetics_sounds",
+                    help="where the prepared dataset goes (experiments.run reads "
                     "data/kinetics_sounds by default)"),
     "train_list": dict(metavar="FILE", help="OGM-GE's my_train.txt (clip,frames,label lines)"),
     "test_list": dict(metavar="FILE", help="OGM-GE's my_test.txt"),
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
                   "window": "hanning", "frames_stored": 3}
   options = {**clip_options, "frame_crop": args.frame_crop}
   fp = common.fingerprint(list(videos.values()) + [args.train_list, args.test_list], options)
-  os.makedirs(args.out_dir, exist_ok=True)
+  common.claim_out_dir(args.out_dir)
   if common.already_done(args.out_dir, fp):
     return
 
@@ -175,4 +176,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.cli(main)

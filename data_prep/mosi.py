@@ -39,8 +39,9 @@ def load_pickle(path: str) -> dict:
 FLAGS = {
     "raw_dir": dict(help="a folder with MultiBench's aligned CMU-MOSI pickle (mosi_data.pkl "
                     "or mosi_raw.pkl)"),
-    "out_dir": dict(default="data/mosi", help="where the prepared dataset goes (experiments.run reads data/mosi by "
-                    "default)"),
+    "out_dir": dict(default="data/mosi",
+                    help="where the prepared dataset goes (experiments.run reads "
+                    "data/mosi by default)"),
 }
 
 
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
                            "features, e.g. mosi_data.pkl)")
   path = found[0]
   fp = common.fingerprint([path], {})
-  os.makedirs(args.out_dir, exist_ok=True)
+  common.claim_out_dir(args.out_dir)
   if common.already_done(args.out_dir, fp):
     return
   data = load_pickle(path)
@@ -92,4 +93,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.cli(main)

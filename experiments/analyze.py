@@ -327,7 +327,8 @@ def curve(results_json: str, table: str, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m experiments.analyze",
+                              description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="kind", required=True)
   for name in ("traces", "windows"):
     sub.add_parser(name).add_argument("runs", nargs="+")

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
       cfg, _ = parse_flags(flags)
       plan.append((setting, seed, workdir, cfg, check_existing(workdir, cfg)))
 
-  for setting, seed, workdir, cfg, todo in plan:
+  for setting, seed, _, cfg, todo in plan:
     if todo == "done":
       continue
     print(f"== {setting} seed {seed}", flush=True)

@@ -111,7 +111,7 @@ def render(paths, group_by=()) -> str:
   for k in extra:
     if not any(k in flat for flat in settings.values()):
       raise SystemExit(f"error: --group_by={k}: no run's config has {k!r}")
-  for key, runs in groups.items():
+  for runs in groups.values():
     seen = {}
     for folder, s in runs:
       seed = s.get("seed", s["config"].get("seed"))

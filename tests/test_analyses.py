@@ -21,6 +21,7 @@ def tiny_run(tmp_path_factory):
   return str(workdir)
 
 
+@pytest.mark.slow
 def test_traces_figure(tiny_run, tmp_path):
   numbers = analyze.traces([tiny_run], str(tmp_path / "fig1"))
   rows = analyze.read_rows(tiny_run)
@@ -29,6 +30,7 @@ def test_traces_figure(tiny_run, tmp_path):
   assert (tmp_path / "fig1.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_window_statistics(tmp_path):
   workdir = tmp_path / "inforeg"
   assert run.main([*TINY, "--epochs=4", "--window=whole", "--inforeg.warmup_epochs=1",
@@ -43,6 +45,7 @@ def test_window_statistics(tmp_path):
   assert stats["audio"]["epochs_regulated"] + stats["visual"]["epochs_regulated"] >= 3
 
 
+@pytest.mark.slow
 def test_gradient_cosine_figure(tiny_run, tmp_path):
   numbers = analyze.gradcos(tiny_run, "visual", 3, str(tmp_path / "fig4"))
   cos = np.array(numbers["cosine"])
@@ -52,12 +55,14 @@ def test_gradient_cosine_figure(tiny_run, tmp_path):
   assert json.loads((tmp_path / "fig4.json").read_text())["modality"] == "visual"
 
 
+@pytest.mark.slow
 def test_tsne_figure(tiny_run, tmp_path):
   numbers = analyze.tsne(tiny_run, "audio", 60, str(tmp_path / "fig6"))
   assert np.array(numbers["xy"]).shape == (60, 2) and len(numbers["label"]) == 60
   assert (tmp_path / "fig6.png").exists()
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_over_seeds_and_resumes(tmp_path, capsys):
   flags = [f"--out={tmp_path}", "--seeds=0,1", "--grid=inforeg.beta=0.5,0.9", *TINY, "--epochs=1"]
   assert sweep.main(flags) == 0
@@ -104,6 +109,7 @@ def snapshot(folder):
           for d, dirs, files in os.walk(folder) for f in files + dirs}
 
 
+@pytest.mark.slow
 def test_gradcos_skips_a_damaged_latest_checkpoint_and_writes_nothing_into_the_run(
     tiny_run, tmp_path, capsys):
   run_dir = str(tmp_path / "run")
@@ -120,6 +126,7 @@ def test_gradcos_skips_a_damaged_latest_checkpoint_and_writes_nothing_into_the_r
   assert snapshot(run_dir) == before  # the damaged checkpoint kept, nothing added
 
 
+@pytest.mark.slow
 def test_analyses_refuse_bad_runs_and_flags_in_one_line(tiny_run, tmp_path):
   def fails(says, fn, *args):
     with pytest.raises(SystemExit) as e:
@@ -148,6 +155,7 @@ def test_analyses_refuse_bad_runs_and_flags_in_one_line(tiny_run, tmp_path):
   assert not os.path.exists(out + ".json")
 
 
+@pytest.mark.slow
 def test_analyze_cli_error_is_one_line_without_traceback(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.analyze", "gradcos", str(tmp_path),
                          "--modality=audio", f"--out={tmp_path}/fig"],

@@ -13,6 +13,7 @@ def test_input_bench_compares_both_pipelines(tmp_path, capsys):
   assert all(r["samples_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_step_bench_times_a_datasets_own_preset(tmp_path):
   out = tmp_path / "step.json"
   assert bench.main(["--mode=step", "--dataset=synthetic", "--tiny", "--steps=1", "--warmup=0",

@@ -58,6 +58,7 @@ def wheel(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_only_the_library(wheel):
   with zipfile.ZipFile(wheel) as z:
     tops = {name.split("/")[0] for name in z.namelist()}
@@ -73,6 +74,7 @@ def test_the_wheel_holds_only_the_library(wheel):
   assert extra_of["orbax-checkpoint"] == "train" and extra_of["grain"] == "train"
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_into_a_fresh_venv_as_one_package(wheel, tmp_path):
   venv = tmp_path / "venv"
   made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
@@ -102,6 +104,7 @@ def test_the_wheel_installs_into_a_fresh_venv_as_one_package(wheel, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,args", [("experiments.sweep", ["--out=x"]),
                                          ("experiments.analyze", ["traces", "x", "--out=y"]),
                                          ("experiments.bench", [])])

@@ -1,12 +1,16 @@
 """data_prep.avmnist on generated fixture trees (idx files and a locally built TFDS mnist),
-its bad inputs, and on the real files when ../shared/data has them."""
+its bad inputs, its hard variant (speaker folds, the published PCA rule), and on the real files
+when ../shared/data has them."""
 
+import glob
 import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -29,18 +33,20 @@ def write_idx(path, array, magic):
   assert n == array.shape[0]
 
 
-def make_fixture(root, per_digit=12, images=400, train_images=0, corrupt=False):
-  """FSDD-like clips (indices 0..per_digit-1: 0-4 test, 5-9 val, 10+ train) and MNIST-like idx
-  files (``images`` test images, ``train_images`` training images when > 0)."""
+def make_fixture(root, per_digit=12, images=400, train_images=0, corrupt=False,
+                 speakers=("spk",)):
+  """FSDD-like clips (indices 0..per_digit-1: 0-4 test, 5-9 val, 10+ train, per speaker) and
+  MNIST-like idx files (``images`` test images, ``train_images`` training images when > 0)."""
   fsdd, mnist = root / "fsdd" / "recordings", root / "mnist"
   fsdd.mkdir(parents=True)
   mnist.mkdir()
   rng = np.random.default_rng(0)
-  for d in range(10):
-    for i in range(per_digit):
-      t = np.arange(rng.integers(2000, 6000)) / 8000
-      wave = 0.3 * np.sin(2 * np.pi * (300 + 80 * d) * t) + 0.01 * rng.normal(size=t.shape)
-      soundfile.write(fsdd / f"{d}_spk_{i}.wav", wave.astype(np.float32), 8000)
+  for spk in speakers:
+    for d in range(10):
+      for i in range(per_digit):
+        t = np.arange(rng.integers(2000, 6000)) / 8000
+        wave = 0.3 * np.sin(2 * np.pi * (300 + 80 * d) * t) + 0.01 * rng.normal(size=t.shape)
+        soundfile.write(fsdd / f"{d}_{spk}_{i}.wav", wave.astype(np.float32), 8000)
   if corrupt:
     (fsdd / "3_spk_99.wav").write_bytes(b"RIFF....not a wav")
     (fsdd / "notes.wav").write_bytes(b"x")
@@ -244,9 +250,16 @@ def test_help_names_the_module_and_every_flag():
   assert proc.returncode == 0
   assert proc.stdout.startswith("usage: python -m data_prep.avmnist")
   for flag in ("--fsdd_dir", "--mnist_dir", "--tfds_data_dir", "--out_dir", "--seed",
-               "--image_energy_removed", "--audio_snr_db", "--audio_bins", "--audio_frames"):
+               "--image_energy_removed", "--audio_snr_db", "--audio_bins", "--audio_frames",
+               "--variant", "--fold", "--source", "--image_energy_kept"):
     assert flag in proc.stdout
   assert "(default: 32)" in proc.stdout and "area-averaged" in proc.stdout
+  # the speakers of every fold, as the code holds them
+  for k in range(6):
+    f = avmnist.fold_speakers(k)
+    row = f"{k}     {f['test'][0]:<9} {f['val'][0]:<11} {' '.join(f['train'])}"
+    assert row in proc.stdout, row
+  assert f"noise   {avmnist.HARD_SNR_DB:g} dB" in proc.stdout
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fsdd")), reason="no ../shared/data")
@@ -263,3 +276,334 @@ def test_real_fsdd_and_mnist(tmp_path):
   assert m["sources"]["mnist_images_md5"] == "2646ac647ad5339dbf082846283269ea"
   data = records.load_prepared("avmnist", str(out))
   assert data.train["audio"].shape == (8000, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The easy variant unchanged: numbers written by the code before the hard variant existed
+
+
+EASY_EXPECTED = {  # make_fixture(images=200), --seed=5: [sum, sum of squares, x[::40, 5]...]
+    "train/audio": [214501.19, 294344.22, 1.1183, 1.5572, 1.0052, 1.219],
+    "train/visual": [-0.01, 125439.98, 0.101, -2.0146, -0.1843, 1.8213],
+    "train/label": 720,
+    "val/audio": [26848.68, 36886.16, 0.8612],
+    "val/visual": [-230.81, 56790.83, 0.1255],
+    "val/label": 90,
+    "test/audio": [26803.57, 36749.76, 0.6742],
+    "test/visual": [-42.23, 57025.71, -1.0807],
+    "test/label": 90,
+}
+
+
+def test_easy_variant_is_unchanged(tmp_path):
+  fsdd, mnist = make_fixture(tmp_path, images=200)
+  out = tmp_path / "out"
+  proc = prep(f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}", f"--out_dir={out}", "--seed=5")
+  assert proc.returncode == 0, proc.stderr
+  for split in ("train", "val", "test"):
+    a = arrays(out, split)
+    assert int(np.asarray(a["label"]).sum()) == EASY_EXPECTED[f"{split}/label"]
+    for key in ("audio", "visual"):
+      x = np.asarray(a[key], np.float64).reshape(len(a[key]), -1)
+      want = EASY_EXPECTED[f"{split}/{key}"]
+      np.testing.assert_allclose([x.sum(), (x**2).sum()], want[:2], rtol=1e-5, atol=0.05)
+      np.testing.assert_allclose(x[::40, 5], want[2:], atol=2e-4)
+  m = manifest_of(out)
+  assert m["variant"] == "easy" and "variant" not in m["options"]  # the old fingerprint
+  assert m["options"]["image_energy_removed"] == 0.75 and m["options"]["audio_snr_db"] == -6.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The hard variant
+
+
+def test_every_fold_holds_speakers_out():
+  tests, vals = [], []
+  for k in range(6):
+    f = avmnist.fold_speakers(k)
+    assert (len(f["train"]), len(f["val"]), len(f["test"])) == (4, 1, 1)
+    assert sorted(f["train"] + f["val"] + f["test"]) == sorted(avmnist.SPEAKERS)  # disjoint
+    tests += f["test"]
+    vals += f["val"]
+  assert sorted(tests) == sorted(vals) == sorted(avmnist.SPEAKERS)  # each tested and validated once
+
+
+def published_recipe(train, kept):
+  """_MFAS avmnist_gen.py's image rule, written directly: PCA of the centred images from the
+  covariance's eigenvectors, n_comp = ((cumsum(ratio) > kept) != 0).argmax(), the images
+  reconstructed from the first n_comp components, no mean added back."""
+  x = train.reshape(len(train), -1).astype(np.float64)
+  mean = x.mean(0)
+  w, v = np.linalg.eigh(np.cov(x - mean, rowvar=False, bias=True))
+  order = np.argsort(w)[::-1]
+  w, v = w[order], v[:, order]
+  ratio = w / w.sum()
+  n_comp = ((np.cumsum(ratio) > kept) != 0).argmax()
+  return n_comp, lambda images: ((images.reshape(len(images), -1) - mean) @ v[:, :n_comp]
+                                 @ v[:, :n_comp].T)
+
+
+@pytest.mark.parametrize("kept", [0.25, 0.5, 0.8])
+def test_image_rule_is_the_published_reconstruction(kept):
+  rng = np.random.default_rng(3)
+  basis = rng.normal(size=(12, 784)) * np.linspace(3, 0.3, 12)[:, None]  # a decaying spectrum
+  images = np.clip(128 + rng.normal(size=(400, 12)) @ basis + 4 * rng.normal(size=(400, 784)),
+                   0, 255).astype(np.uint8).reshape(400, 28, 28)
+  train, held = images[:300], images[300:]
+  n_comp, reconstruct = published_recipe(train, kept)
+  degrade = avmnist.fit_keep(train, kept)
+  assert n_comp >= 1 and degrade.components_kept == n_comp
+  for part in (train, held):  # held-out images use the training images' mean and components
+    ours = degrade(part).reshape(len(part), -1).astype(np.float64) * degrade.scale
+    np.testing.assert_allclose(ours, reconstruct(part.astype(np.float64)) / 255.0, atol=2e-5)
+  assert degrade(train).std() == pytest.approx(1.0, abs=1e-4)
+  # the published argmax gives 0 when the first component alone exceeds the fraction: we keep 1
+  assert avmnist.published_components(np.array([0.4, 0.7, 1.0]), 0.25) == 1
+  assert avmnist.published_components(np.array([0.1, 0.2, 0.3, 1.0]), 0.25) == 2
+
+
+def test_image_rule_matches_sklearn_pca_as_published():
+  PCA = pytest.importorskip("sklearn.decomposition").PCA
+  rng = np.random.default_rng(4)
+  basis = rng.normal(size=(20, 784)) * np.linspace(2, 0.2, 20)[:, None]
+  data = np.clip(128 + rng.normal(size=(900, 20)) @ basis + 8 * rng.normal(size=(900, 784)),
+                 0, 255).astype(np.uint8)
+  pca = PCA(n_components=784)  # avmnist_gen.py's mnist_gen, as written (its n >= 784)
+  projected = pca.fit_transform(data.astype(np.float64))
+  n_comp = ((np.cumsum(pca.explained_variance_ratio_) > 0.25) != 0).argmax()
+  rec = projected[:, :n_comp] @ pca.components_[:n_comp]
+  degrade = avmnist.fit_keep(data.reshape(900, 28, 28), 0.25)
+  assert degrade.components_kept == n_comp > 1
+  ours = degrade(data.reshape(900, 28, 28)).reshape(900, -1) * degrade.scale
+  np.testing.assert_allclose(ours, rec / 255.0, atol=2e-5)
+
+
+def test_hard_variant_on_a_fixture(tmp_path):
+  fsdd, mnist = make_fixture(tmp_path, per_digit=2, images=300,
+                             speakers=avmnist.SPEAKERS + ("zed",))
+  out = tmp_path / "out"
+  proc = prep("--variant=hard", "--fold=2", f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}",
+              f"--out_dir={out}", "--audio_snr_db=0")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert m["variant"] == "hard" and m["fold"] == 2 and m["options"]["variant"] == "hard"
+  assert m["speakers"] == avmnist.fold_speakers(2) == m["options"]["speakers"]
+  assert m["speakers"]["test"] == ["lucas"] and m["speakers"]["val"] == ["nicolas"]
+  # per digit 60/10/30 of the 300 test-set images; 4 / 1 / 1 speakers' clips (2 per digit)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 180, "val": 30,
+                                                                 "test": 90}
+  assert m["sources"]["clips_per_split"] == {"train": 80, "val": 20, "test": 20}
+  assert m["options"]["image_energy_kept"] == 0.25 and m["sources"]["pca_components_kept"] >= 1
+  assert set(map(os.path.basename, m["skipped"])) == {f"{d}_zed_{i}.wav" for d in range(10)
+                                                       for i in range(2)}
+  assert "nothing to do" in prep("--variant=hard", "--fold=2", f"--fsdd_dir={fsdd}",
+                                 f"--mnist_dir={mnist}", f"--out_dir={out}",
+                                 "--audio_snr_db=0").stdout
+  # another fold is another dataset; the default SNR is the calibrated one
+  proc = prep("--variant=hard", f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}", f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert m["fold"] == 0 and m["speakers"]["test"] == ["george"]
+  assert m["options"]["audio_snr_db"] == avmnist.HARD_SNR_DB
+  data = records.load_prepared("avmnist", str(out))
+  assert data.train["visual"].shape == (180, 1, 28, 28, 1)
+
+
+def test_hard_variant_with_mnist_training_set(tmp_path):
+  fsdd, mnist = make_fixture(tmp_path, per_digit=1, images=100, train_images=600,
+                             speakers=avmnist.SPEAKERS)
+  out = tmp_path / "out"
+  proc = prep("--variant=hard", f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}", f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)  # MultiBench's 55,000 / 5,000 shares; every test image
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 550, "val": 50,
+                                                                 "test": 100}
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--fold=1"], "--fold applies to --variant=hard"),
+    (["--image_energy_kept=0.3"], "--image_energy_kept applies to --variant=hard"),
+    (["--variant=hard", "--image_energy_removed=0.5"], "--image_energy_removed applies to"),
+    (["--variant=hard", "--fold=6"], "not a fold in 0..5"),
+    (["--variant=medium"], "invalid choice"),
+    (["--source=tfds"], "--fsdd_dir is for --source=files"),
+    (["--fsdd_dir="], "--fsdd_dir is required with --source=files"),
+])
+def test_variant_flags_are_checked(tmp_path, capsys, flags, says):
+  with pytest.raises(SystemExit) as e:
+    avmnist.main([f"--fsdd_dir={tmp_path}", f"--mnist_dir={tmp_path}",
+                  f"--out_dir={tmp_path / 'out'}", *flags])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+  assert says in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fsdd")), reason="no ../shared/data")
+def test_real_hard_variant(tmp_path):
+  out = tmp_path / "out"
+  proc = prep("--variant=hard", f"--fsdd_dir={os.path.join(SHARED, 'fsdd')}",
+              f"--mnist_dir={os.path.join(SHARED, 'mnist')}", f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 6000, "val": 1000,
+                                                                 "test": 3000}
+  assert m["sources"]["clips_per_split"] == {"train": 2000, "val": 500, "test": 500}
+  assert m["skipped"] == {} and m["speakers"] == avmnist.fold_speakers(0)
+  # MNIST's test images: the top 3 components hold 23.8% of the variance (published: <= 25%)
+  assert m["sources"]["pca_components_kept"] == 3
+  assert 0.23 < m["sources"]["pca_energy_kept"] <= 0.25
+  data = records.load_prepared("avmnist", str(out))
+  assert data.test["audio"].shape == (3000, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# --source=tfds: TFDS's download manager finds the files in its cache (no network here)
+
+
+def tfds_cache(data_dir, dataset, url, info, src):
+  """Puts ``src`` where TFDS's download manager keeps its finished download of ``url`` for
+  ``dataset``: named after the address and the registered checksum, with the ``.INFO`` record
+  a download writes (TFDS checks a file when it downloads it, then trusts its cache)."""
+  from etils import epath
+  from tensorflow_datasets.core.download import resource
+
+  dest = data_dir / "downloads" / dataset / resource.get_dl_fname(url, info.checksum)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  shutil.copy(src, dest)
+  resource.write_info_file(url=url, path=epath.Path(dest), dataset_name=dataset,
+                           original_fname=os.path.basename(url), url_info=info)
+
+
+def fsdd_archive(path, wavs):
+  """FSDD's GitHub archive layout: free-spoken-digit-dataset-1.0.9/recordings/*.wav."""
+  with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+    for wav in wavs:
+      tar.add(wav, arcname=f"free-spoken-digit-dataset-1.0.9/recordings/{os.path.basename(wav)}")
+  return path
+
+
+def cache_fsdd(data_dir, wavs):
+  from data_prep import tfds_fetch
+
+  url, info = tfds_fetch.fsdd_address()
+  assert url == ("https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v1.0.9.tar.gz")
+  tfds_cache(data_dir, "spoken_digit", url, info, fsdd_archive(data_dir.parent / "fsdd.tgz", wavs))
+
+
+def test_tfds_source_from_the_download_cache(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import checksums
+
+  from data_prep import tfds_fetch
+
+  fsdd, mnist = make_fixture(tmp_path, per_digit=1, images=100, train_images=600,
+                             speakers=avmnist.SPEAKERS)
+  data_dir = tmp_path / "tfds"
+  cache_fsdd(data_dir, sorted(fsdd.glob("recordings/*.wav")))
+  registry = checksums.get_all_url_infos()
+  for name, url in tfds_fetch.mnist_addresses().items():  # TFDS's mnist addresses
+    tfds_cache(data_dir, "mnist", url, registry[url], mnist / name)
+  out = tmp_path / "out"
+  flags = ("--source=tfds", "--variant=hard", f"--tfds_data_dir={data_dir}", f"--out_dir={out}")
+  proc = prep(*flags)
+  assert proc.returncode == 0, proc.stderr
+  assert "\r" not in proc.stderr  # no progress bars in a log
+  m = manifest_of(out)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 550, "val": 50,
+                                                                 "test": 100}
+  assert m["options"]["source"] == "tfds" and m["options"]["mnist_source"] == "idx"
+  assert m["sources"]["clips_per_split"] == {"train": 40, "val": 10, "test": 10}
+  extracted = list((data_dir / "downloads" / "extracted").glob("TAR_GZ.*/*/recordings"))
+  assert len(extracted) == 1 and m["sources"]["fsdd_recordings"] == str(extracted[0])
+  assert "nothing to do" in prep(*flags).stdout  # the cache and the extraction are reused
+  # a prepared TFDS mnist (array_record) in the data dir is read instead, with tfds.data_source
+  build_tfds_mnist(data_dir, n_train=120, n_test=30)
+  proc = prep(*flags)
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert m["options"]["mnist_source"] == "tfds"
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 110, "val": 10,
+                                                                 "test": 30}
+
+
+def test_tfds_source_refuses_an_archive_with_another_checksum(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  manual = tmp_path / "tfds" / "downloads" / "manual"
+  manual.mkdir(parents=True)
+  fsdd, _ = make_fixture(tmp_path, per_digit=1, images=0)
+  fsdd_archive(manual / "free-spoken-digit-dataset-1.0.9.tar.gz", fsdd.glob("recordings/*"))
+  out = tmp_path / "out"
+  proc = prep("--source=tfds", f"--tfds_data_dir={tmp_path / 'tfds'}", f"--out_dir={out}")
+  assert proc.returncode == 2, proc.stderr
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in proc.stderr
+  assert "free-spoken-digit-dataset-1.0.9.tar.gz does not match TFDS's registered" in err[0]
+  assert not list((tmp_path / "tfds" / "downloads" / "extracted").iterdir())
+  assert not [p for p in out.iterdir() if p.name.startswith("v-")]
+
+
+def test_tfds_source_offline_is_one_line_at_once(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  import socket
+
+  try:
+    socket.getaddrinfo("github.com", 443)
+    pytest.skip("the network is reachable here: the command would download FSDD")
+  except OSError:
+    pass
+  t0 = time.time()
+  proc = prep("--source=tfds", f"--tfds_data_dir={tmp_path / 'tfds'}", f"--out_dir={tmp_path}/o")
+  assert proc.returncode == 2 and time.time() - t0 < 30  # not TFDS's minutes of retries
+  assert proc.stderr.startswith("error: cannot reach github.com") and proc.stderr.count("\n") == 1
+  assert str(tmp_path / "tfds" / "downloads" / "manual") in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "fsdd")), reason="no ../shared/data")
+def test_real_tfds_source(tmp_path):
+  """FSDD's archive rebuilt from the real recordings in TFDS's download cache; a TFDS `mnist`
+  (array_record) built with tfds from the real t10k idx files: MNIST's training set is not
+  here, so its 'train' split is the first 8,000 test images and its 'test' split the rest."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from PIL import Image
+
+  data_dir = tmp_path / "tfds"
+  cache_fsdd(data_dir, sorted(glob.glob(os.path.join(SHARED, "fsdd", "recordings", "*.wav"))))
+  images = avmnist.read_idx(os.path.join(SHARED, "mnist", "t10k-images-idx3-ubyte.gz"),
+                            "images")[0]
+  labels = avmnist.read_idx(os.path.join(SHARED, "mnist", "t10k-labels-idx1-ubyte.gz"),
+                            "labels")[0]
+
+  def png(a):
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, format="PNG")
+    return b.getvalue()
+
+  class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = "mnist"
+    VERSION = tfds.core.Version("3.0.1")
+    code_path = None
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10)}), supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 8000),
+              "test": self._generate_examples(8000, 10000)}
+
+    def _generate_examples(self, lo, hi):
+      for i in range(lo, hi):
+        yield i, {"image": png(images[i]), "label": int(labels[i])}
+
+  Mnist(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  out = tmp_path / "out"
+  proc = prep("--source=tfds", "--variant=hard", "--fold=3", f"--tfds_data_dir={data_dir}",
+              f"--out_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  m = manifest_of(out)
+  assert {s: m["counts"][s]["total"] for s in m["counts"]} == {"train": 7333, "val": 667,
+                                                                 "test": 2000}
+  assert m["sources"]["clips_per_split"] == {"train": 2000, "val": 500, "test": 500}
+  assert m["speakers"]["test"] == ["nicolas"] and m["skipped"] == {}
+  assert m["options"]["mnist_source"] == "tfds"

@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["experiments.sweep", "--out={tmp}", "--seeds=0,x"], "error: --seeds=0,x: 'x' is not a seed"),
     (["experiments.bench", "--steps=0"], "error: --steps=0 must be >= 1"),
 ])
+@pytest.mark.slow
 def test_side_command_error_is_one_line(tmp_path, args, says):
   cmd = [sys.executable, "-m"] + [a.format(tmp=tmp_path) for a in args]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -115,7 +115,9 @@ class Preparation:
 
   def __exit__(self, kind, value, tb) -> None:
     if kind is not None and not self.committed:  # a failed preparation leaves nothing behind
-      shutil.rmtree(self.path, ignore_errors=True)
+      live = read_manifest(self.out_dir, strict=False) or {}
+      if live.get("version") != self.version:  # not swapped in just before an interrupt
+        shutil.rmtree(self.path, ignore_errors=True)
 
   def _finish_file(self, rel: str) -> None:
     path = os.path.join(self.path, rel)
@@ -194,6 +196,23 @@ def write_dataset(out_dir: str, splits: Mapping[str, Mapping[str, np.ndarray]],
             np.asarray(a["label"]), minlength=int(manifest["num_classes"])).tolist()}
         for s, a in splits.items()}
     return prep.commit({**manifest, "counts": counts})
+
+
+def remove_stale_versions(out_dir: str) -> None:
+  """Removes the ``v-*`` folders the manifest does not name (left by a killed preparation).
+  Only for a caller that holds the folder's lock (``data_prep.common.claim_out_dir``); with a
+  manifest that cannot be read, nothing is removed."""
+  if os.path.exists(os.path.join(out_dir, MANIFEST)):
+    manifest = read_manifest(out_dir, strict=False)
+    if manifest is None:
+      return
+    keep = str(manifest.get("version", ""))
+  else:
+    keep = ""
+  for name in os.listdir(out_dir):
+    path = os.path.join(out_dir, name)
+    if name.startswith("v-") and name != keep and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_old_versions(out_dir: str, keep: str, old_manifest: Mapping | None = None) -> None:

@@ -242,7 +242,7 @@ def cached_clips(items, process, cache_dir: str, desc: str, skipped: dict) -> li
       if os.path.exists(cached):
         try:
           with np.load(cached) as z:
-            z.files  # a damaged cache entry is recomputed
+            _ = z.files  # a damaged cache entry is recomputed
         except Exception:
           os.remove(cached)
       if not os.path.exists(cached):

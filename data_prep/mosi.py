@@ -28,7 +28,7 @@ def load_pickle(path: str) -> dict:
       data = pickle.load(f, encoding="latin1")
   except Exception as e:
     raise common.PrepError(f"{path} is not a readable pickle ({type(e).__name__}: {e}); pass the "
-                           "MultiBench mosi_data.pkl")
+                           "MultiBench mosi_data.pkl") from None
   missing = [s for s in ("train", "test") if s not in data]
   if not isinstance(data, dict) or missing:
     raise common.PrepError(f"{path} has no {missing} splits: expected MultiBench's aligned "

@@ -267,3 +267,37 @@ def test_frame_sampling():
   assert everything.shape == (2, 9, 4, 4, 3)  # datasets without frames_per_sample: as before
   np.testing.assert_allclose(evaluation[1], everything[1, [1, 4, 7]], atol=1e-6)
   assert train.shape == (2, 3, 4, 4, 3) and np.isfinite(train).all()
+
+
+def test_an_interrupt_right_after_the_swap_keeps_the_new_version(tmp_path, monkeypatch):
+  out = tmp_path / "d"
+  prepare(out)
+  real = os.replace
+
+  def replace(src, dst):  # Ctrl-C lands between the manifest's swap and `committed = True`
+    real(src, dst)
+    if str(dst).endswith(records.MANIFEST):
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(records.os, "replace", replace)
+  with pytest.raises(KeyboardInterrupt):
+    prepare(out, {s: {"x": np.full((n, 4), 5.0, np.float32), "label": np.zeros(n, np.int32)}
+                  for s, n in (("train", 4), ("test", 2))})
+  monkeypatch.setattr(records.os, "replace", real)
+  data = records.load_prepared("mosi", str(out))  # the manifest's version was not removed
+  assert float(np.asarray(data.train["x"]).mean()) == 5.0
+
+
+def test_stale_versions(tmp_path):
+  out = tmp_path / "d"
+  m = prepare(out)
+  (out / "v-stale" / "train").mkdir(parents=True)
+  records.remove_stale_versions(str(out))
+  assert [p.name for p in out.glob("v-*")] == [m["version"]]
+  (out / "v-stale").mkdir()
+  (out / records.MANIFEST).write_text("{ damaged")  # unsure what is live: nothing removed
+  records.remove_stale_versions(str(out))
+  assert sorted(p.name for p in out.glob("v-*")) == sorted([m["version"], "v-stale"])
+  (out / records.MANIFEST).unlink()  # no dataset yet: every version folder is partial
+  records.remove_stale_versions(str(out))
+  assert not list(out.glob("v-*"))

@@ -39,7 +39,7 @@ try:
   from inforeg_jax.data import load_dataset, pipeline, select_modalities
   from inforeg_jax.data.records import MissingDataError
   from inforeg_jax.train import cross_entropy
-  from inforeg_jax.trainer import build_program, make_mesh
+  from inforeg_jax.trainer import build_program, make_mesh, member_slice
 except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
   if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
     raise
@@ -199,7 +199,7 @@ def load_run(run: str, modality: str):
                           make_mesh())
   mngr = checkpoint.manager(run)
   try:
-    restored = checkpoint.restore_latest(mngr, program.state, prune=False,
+    restored = checkpoint.restore_latest(mngr, member_slice(program.state, 0), prune=False,
                                          log=lambda m: print(m, file=sys.stderr))
   except checkpoint.CheckpointError as e:
     raise SystemExit(f"error: {e}") from None
@@ -207,7 +207,7 @@ def load_run(run: str, modality: str):
     mngr.close()
   if restored is None:
     raise SystemExit(f"error: {run} has no checkpoint")
-  return cfg, dataset, dataclasses.replace(program, state=restored[0])
+  return cfg, dataset, dataclasses.replace(program, state=restored[0])  # the run's own state
 
 
 def forward(program, dataset, params, batch, train: bool):

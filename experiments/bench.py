@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -26,12 +27,12 @@ import jax
 import numpy as np
 
 from inforeg_jax.config import DATASETS, make_config
-from inforeg_jax.methods import NAMES as METHOD_NAMES
+from inforeg_jax.methods import names as method_names
 
 try:  # orbax, tqdm, matplotlib, ...: the [train] extra
   from inforeg_jax.data import Dataset, load_dataset
   from inforeg_jax.data.augment import frames_preprocess
-  from inforeg_jax.trainer import build_program, make_mesh, to_global
+  from inforeg_jax.trainer import build_program, to_global
 except ModuleNotFoundError as e:
   if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
     raise
@@ -69,49 +70,181 @@ def peak_flops() -> float | None:
   return None
 
 
-def bench_step(args) -> list[dict]:
-  rng = np.random.default_rng(0)
-  batch_size = args.batch_size or (8 if args.tiny else 64)
+def bench_dataset(args, examples: int):
+  """The dataset a step or population bench runs on: fake records of the paper's shapes
+  (CREMA-D, Kinetics-Sounds), else the dataset's own first ``examples`` training examples."""
   if args.dataset in SHAPES and not args.data_dir:
-    ds = fake_dataset(args.dataset, batch_size, args.tiny, rng)
-  else:  # the dataset's own examples: the first batch of its training split
-    ds = load_dataset(args.dataset, args.data_dir)
-    first = {k: np.asarray(v[:batch_size]) for k, v in ds.train.items()}
-    ds = dataclasses.replace(ds, train=first, test=first, val=None)
+    return fake_dataset(args.dataset, examples, args.tiny, np.random.default_rng(0))
+  ds = load_dataset(args.dataset, args.data_dir)
+  first = {k: np.asarray(v[:examples]) for k, v in ds.train.items()}
+  return dataclasses.replace(ds, train=first, test=first, val=None)
+
+
+def member_configs(args, method: str, members: int, **overrides):
+  """``members`` configs of ``method`` that differ in their seed (the bench's population)."""
   encoder = {k: v for k, v in (("width", args.width), ("stem_stride", args.stem_stride)) if v}
-  mesh = make_mesh()
-  data = NamedSharding(mesh, P("data"))
-  batch = to_global({"inputs": {k: v for k, v in ds.train.items() if k != "label"},
-                      "label": ds.train["label"]}, data)
+  own = {"inforeg.warmup_epochs": 0} if method.startswith("inforeg") else {}
+  return [make_config(args.dataset, tiny=args.tiny, method=method, window="whole", seed=s,
+                      **encoder, **own, **overrides) for s in range(members)]
+
+
+def time_steps(program, batch, warmup: int, steps: int):
+  """(seconds a step, the last step's metrics) of ``program``'s train step on ``batch``."""
+  state, step = program.state, program.train_step
+  hp = jax.device_put(program.hp, NamedSharding(program.mesh, P("pop")))
+  for _ in range(warmup):
+    state, m = step(state, batch, hp)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, batch, hp)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - t0) / steps, m
+
+
+def population_batch(program, ds, members: int):
+  """Every member's first batch, [members, B, ...], laid out as the program reads it."""
+  one = {"inputs": {k: v for k, v in ds.train.items() if k != "label"},
+         "label": ds.train["label"]}
+  stacked = jax.tree.map(lambda x: np.stack([x] * members), one)
+  return to_global(stacked, NamedSharding(program.mesh, P("pop", "data")))
+
+
+def bench_step(args) -> list[dict]:
+  batch_size = args.batch_size or (8 if args.tiny else 64)
+  ds = bench_dataset(args, batch_size)
   rows = []
   for dtype in args.dtypes.split(","):
     for method in args.methods.split(","):
-      cfg = make_config(args.dataset, tiny=args.tiny, method=method, compute_dtype=dtype,
-                        batch_size=batch_size, window="whole", **encoder,
-                        **{"inforeg.warmup_epochs": 0})
-      program = build_program(cfg, ds, steps_per_epoch=1000, mesh=mesh)
-      state, step, key = program.state, program.train_step, jax.random.key(0)
-      compiled = step.lower(state, batch, key).compile()
-      cost = compiled.cost_analysis()
+      [cfg] = member_configs(args, method, 1, compute_dtype=dtype, batch_size=batch_size)
+      program = build_program(cfg, ds, steps_per_epoch=1000)
+      batch = population_batch(program, ds, 1)
+      hp = jax.device_put(program.hp, NamedSharding(program.mesh, P("pop")))
+      cost = program.train_step.lower(program.state, batch, hp).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       flops = float(cost.get("flops", 0.0)) if cost else 0.0
-      for _ in range(args.warmup):
-        state, m = step(state, batch, key)
-      jax.block_until_ready(state)
-      t0 = time.perf_counter()
-      for _ in range(args.steps):
-        state, m = step(state, batch, key)
-      jax.block_until_ready(state)
-      dt = (time.perf_counter() - t0) / args.steps
+      dt, m = time_steps(program, batch, args.warmup, args.steps)
       peak = peak_flops()
+      regulated = float(np.sum(m.get("alpha_audio", 0)) + np.sum(m.get("alpha_visual", 0)))
       rows.append({"dataset": args.dataset, "method": method, "compute_dtype": dtype,
                    "batch_size": batch_size, "width": cfg.width, "stem_stride": cfg.stem_stride,
                    "step_ms": round(dt * 1e3, 3), "samples_per_s": round(batch_size / dt, 1),
                    "step_gflop": round(flops / 1e9, 2),
                    "mfu": round(flops / dt / peak, 4) if peak and flops else None,
-                   "regulated": float(m.get("alpha_audio", 0)) + float(m.get("alpha_visual", 0)) > 0})
+                   "regulated": regulated > 0})
       print(json.dumps(rows[-1]), flush=True)
   return rows
+
+
+def bench_population(args) -> list[dict]:
+  """Training samples/s of N members in one program against N single runs one after another
+  (the same compiled single-run program, in this process), for each N of --members; with
+  --run_epochs, also whole runs (`trainer.train`: evaluation, checkpoints, outputs) of the N
+  members against N single runs in turn. And the peer, a PyTorch eager loop of the same
+  AV-MNIST preset model, when torch is installed."""
+  from inforeg_jax.trainer import train
+  batch_size = args.batch_size or (8 if args.tiny else 64)
+  ds = bench_dataset(args, batch_size)
+  rows = []
+  for method in args.methods.split(","):
+    [single_cfg] = member_configs(args, method, 1, batch_size=batch_size)
+    single = build_program(single_cfg, ds, steps_per_epoch=1000)
+    single_dt, _ = time_steps(single, population_batch(single, ds, 1), args.warmup, args.steps)
+    for n in [int(x) for x in args.members.split(",")]:
+      cfgs = member_configs(args, method, n, batch_size=batch_size)
+      program = build_program(cfgs, ds, steps_per_epoch=1000)
+      dt, _ = time_steps(program, population_batch(program, ds, n), args.warmup, args.steps)
+      row = {"dataset": args.dataset, "method": method, "members": n,
+             "batch_size": batch_size, "width": cfgs[0].width,
+             "population_step_ms": round(dt * 1e3, 2),
+             "population_samples_per_s": round(n * batch_size / dt, 1),
+             "sequential_samples_per_s": round(batch_size / single_dt, 1),
+             "step_speedup": round(n * single_dt / dt, 2)}
+      if args.run_epochs:
+        row.update(bench_runs(args, method, n, batch_size, train))
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  if args.torch_peer:
+    rows.append(torch_peer(args, ds, batch_size))
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def bench_runs(args, method: str, n: int, batch_size: int, train) -> dict:
+  """Whole runs of --run_epochs epochs on the dataset: the N members as one population, and
+  N single runs in turn, in this process (compile cache warm for both)."""
+  full = load_dataset(args.dataset, args.data_dir) if args.dataset not in SHAPES else None
+  tmp = tempfile.mkdtemp()
+  common = dict(batch_size=batch_size, epochs=args.run_epochs,
+                lr_step_epochs=max(args.run_epochs, 1))
+  warm = member_configs(args, method, 1, workdir=f"{tmp}/warm", **common)
+  train(warm, full, progress=False)  # compiles the single-run programs once
+  members = [dataclasses.replace(c, workdir=f"{tmp}/pop/{c.seed}")
+             for c in member_configs(args, method, n, **common)]
+  t0 = time.perf_counter()
+  train(members, full, progress=False)
+  population = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for c in member_configs(args, method, n, **common):
+    train(dataclasses.replace(c, workdir=f"{tmp}/seq/{c.seed}"), full, progress=False)
+  sequential = time.perf_counter() - t0
+  examples = n * args.run_epochs * (len(full.train["label"]) // batch_size) * batch_size
+  return {"run_epochs": args.run_epochs, "population_run_s": round(population, 1),
+          "sequential_runs_s": round(sequential, 1),
+          "population_run_samples_per_s": round(examples / population, 1),
+          "sequential_run_samples_per_s": round(examples / sequential, 1),
+          "run_speedup": round(sequential / population, 2)}
+
+
+def torch_peer(args, ds, batch_size: int) -> dict:
+  """The AV-MNIST preset model and recipe (two small CNNs, concat head, SGD 0.9 / 1e-4) as a
+  plain PyTorch eager loop, one run at a time as the released code trains: samples/s."""
+  try:
+    import torch
+    from torch import nn
+  except ModuleNotFoundError:
+    return {"peer": "pytorch eager", "skipped": "torch is not installed (pip install torch)"}
+  [cfg] = member_configs(args, "joint", 1, batch_size=batch_size)
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+
+  def cnn(channels):
+    layers, c = [], channels
+    for i, w in enumerate((cfg.width, 2 * cfg.width, 4 * cfg.width)):
+      stride = cfg.stem_stride if i == 0 else 2
+      layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+      c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c
+
+  audio, da = cnn(1)
+  visual, dv = cnn(ds.train["visual"].shape[-1])
+  head = nn.Linear(da + dv, ds.num_classes)
+  model = nn.ModuleList([audio, visual, head])
+  opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9,
+                        weight_decay=1e-4)
+  a = torch.as_tensor(np.asarray(ds.train["audio"][:batch_size], np.float32))[:, None]
+  v = np.asarray(ds.train["visual"][:batch_size], np.float32)
+  v = torch.as_tensor(v.reshape((-1,) + v.shape[2:])).permute(0, 3, 1, 2)
+  frames = ds.train["visual"].shape[1]
+  y = torch.as_tensor(np.asarray(ds.train["label"][:batch_size], np.int64))
+
+  def step():
+    fa = audio(a)
+    fv = visual(v).reshape(batch_size, frames, -1).mean(1)
+    loss = nn.functional.cross_entropy(head(torch.cat([fa, fv], 1)), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  for _ in range(args.warmup):
+    step()
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    step()
+  dt = (time.perf_counter() - t0) / args.steps
+  return {"peer": "pytorch eager", "torch": torch.__version__, "dataset": args.dataset,
+          "batch_size": batch_size, "step_ms": round(dt * 1e3, 2),
+          "samples_per_s": round(batch_size / dt, 1), "threads": torch.get_num_threads()}
 
 
 def bench_input(args) -> list[dict]:
@@ -159,8 +292,16 @@ def per_example_batches(arrays, batch_size: int, threads: int):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n")[0])
-  p.add_argument("--mode", choices=["step", "input"], default="step")
+  p = argparse.ArgumentParser(prog="python -m experiments.bench",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--mode", choices=["step", "input", "population"], default="step")
+  p.add_argument("--members", default="1,2,4,8,16",
+                 help="population mode: the population sizes N to time")
+  p.add_argument("--run_epochs", type=int, default=0,
+                 help="population mode: also time whole runs of this many epochs (0: steps "
+                 "only)")
+  p.add_argument("--torch_peer", action="store_true",
+                 help="population mode: also time the same model as a PyTorch eager loop")
   p.add_argument("--dataset", choices=DATASETS, default="cremad")
   p.add_argument("--methods", default="joint,inforeg")
   p.add_argument("--dtypes", default="float32,bfloat16")
@@ -170,7 +311,8 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--data_dir", default="", help="prepared records (required for avmnist and mosi)")
   p.add_argument("--width", type=int, default=0, help="step mode: encoder width (0: preset)")
-  p.add_argument("--stem_stride", type=int, default=0, help="step mode: small_cnn's first-convolution stride (0: preset)")
+  p.add_argument("--stem_stride", type=int, default=0,
+                 help="step mode: small_cnn's first-convolution stride (0: preset)")
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
@@ -178,15 +320,16 @@ def main(argv=None) -> int:
                       ("width", 0), ("stem_stride", 0)):
     if getattr(args, flag) < least:
       p.error(f"--{flag}={getattr(args, flag)} must be >= {least}")
-  for flag, known in (("methods", METHOD_NAMES), ("dtypes", DTYPES)):
+  for flag, known in (("methods", method_names()), ("dtypes", DTYPES)):
     bad = [v for v in getattr(args, flag).split(",") if v not in known]
     if bad:
       p.error(f"--{flag}: unknown {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
-  built_in = args.dataset == "synthetic" and args.mode == "step"  # input mode reads records
+  built_in = args.dataset == "synthetic" and args.mode != "input"  # input mode reads records
   if args.dataset not in SHAPES and not built_in and not args.data_dir:
     p.error(f"--mode={args.mode} --dataset={args.dataset} needs --data_dir (prepared by "
             f"data_prep.{args.dataset})")
-  rows = bench_step(args) if args.mode == "step" else bench_input(args)
+  rows = {"step": bench_step, "input": bench_input,
+          "population": bench_population}[args.mode](args)
   meta = {"command": "python -m experiments.bench " + " ".join(argv or sys.argv[1:]),
           "date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,
           "num_devices": jax.device_count(), "host": platform.node(), "jax": jax.__version__,

@@ -242,7 +242,8 @@ def main(argv=None) -> int:
   tables, datasets = args.tables.split(","), args.datasets.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   for d in datasets:
-    if not args.report_only and d in DATA and not os.path.exists(os.path.join(ROOT, DATA[d], "manifest.json")):
+    manifest = os.path.join(ROOT, DATA.get(d, ""), "manifest.json")
+    if not args.report_only and d in DATA and not os.path.exists(manifest):
       prep = PREP[d].replace("DIR", DATA[d]).split()
       print("preparing", d, ":", " ".join(prep), flush=True)
       subprocess.run([sys.executable] + prep[1:], cwd=ROOT, check=True)

@@ -15,7 +15,7 @@ _PUBLIC = {
     "track_window": "inforeg_jax.window",
     "TraceWindow": "inforeg_jax.window",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name):

@@ -36,7 +36,9 @@ def manager(workdir: str) -> ocp.CheckpointManager:
 def digest(state) -> str:
   """sha256 over the state's arrays (their bytes, shapes and dtypes, in tree order)."""
   h = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(state)):
+  plain = jax.tree.map(lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(
+      getattr(x, "dtype", None), jax.dtypes.prng_key) else x, state)
+  for leaf in jax.tree.leaves(jax.device_get(plain)):
     a = np.ascontiguousarray(leaf)
     h.update(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
@@ -44,7 +46,7 @@ def digest(state) -> str:
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch: int,
-         keep_last: int = KEEP_LAST) -> None:
+         keep_last: int | None = None) -> None:
   """Saves after ``epoch`` (``loop`` is JSON; the state's `digest` is added to it), then
   deletes every checkpoint but the last ``keep_last`` and ``best_epoch``'s."""
   loop = {**loop, "state_sha256": digest(state)}
@@ -52,7 +54,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
                                            loop=ocp.args.JsonSave(loop)), force=True)
   mngr.wait_until_finished()
   steps = sorted(mngr.all_steps())
-  for step in steps[:-keep_last]:
+  for step in steps[:-(keep_last or KEEP_LAST)]:
     if step != best_epoch:
       mngr.delete(step)
 

@@ -275,8 +275,12 @@ def from_dict(values: dict) -> Config:
 
 
 def config_differences(old: Config, new: Config, allowed=RESUMABLE_CHANGES) -> list[str]:
-  """Flag names whose values differ between two configs, outside ``allowed``."""
+  """Flag names whose values differ between two configs, outside ``allowed`` (of another
+  method, only --method: the option groups are each method's own)."""
   a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+  if old.method != new.method:
+    a = {k: v for k, v in a.items() if "." not in k}
+    b = {k: v for k, v in b.items() if "." not in k}
   return [f"--{k}={a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k) and k not in allowed]
 
@@ -342,7 +346,7 @@ def parse_bool(text: str) -> bool:
 
 def _value_type(annotation):
   """int/float/str/bool from a field's annotation (``int | None`` -> int)."""
-  hint = annotation if not isinstance(annotation, str) else eval(  # noqa: S307
+  hint = annotation if not isinstance(annotation, str) else eval(
       annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None,
                    "Any": str})
   if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -369,8 +373,9 @@ def _typed(kind, flag: str, member: bool = False):
         raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
       return values
     if "," in text and kind is not str:
-      raise argparse.ArgumentTypeError(
-          f"{flag} takes one value: it changes the program (only {', '.join('--' + n for n in member_fields())} take lists)")
+      listed = ", ".join("--" + n for n in member_fields())
+      raise argparse.ArgumentTypeError(f"{flag} takes one value: it changes the program (only "
+                                       f"{listed} take lists)")
     return one(text)
 
   convert.__name__ = kind.__name__
@@ -479,8 +484,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     raise ValueError(f"--config={path} is not a Python file") from None
   scope: dict[str, Any] = {}
   try:
-    exec(compile(source, path, "exec"), scope)  # noqa: S102  (the user's own config file)
-  except Exception as e:  # noqa: BLE001  (any error in the user's file is one line)
+    exec(compile(source, path, "exec"), scope)
+  except Exception as e:
     raise ValueError(f"--config={path}: {type(e).__name__}: {e}") from None
   config = scope.get("config")
   if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):

@@ -1,6 +1,7 @@
 """Per-epoch outputs of a run: metrics.jsonl, TensorBoard event files, PNG plots, log.txt.
 
-Plots, refreshed after an epoch at most every ``PLOT_SECONDS`` and at the end, in the workdir, each titled with the run (dataset / method / seed):
+Plots, refreshed after an epoch at most every ``PLOT_SECONDS`` and at the end, in the workdir,
+each titled with the run (dataset / method / seed):
 - ``accuracy.png``: test accuracy, fused and of each modality (and validation, if any);
 - ``trace.png``: Tr(F_m) per epoch (Eq. 7); each modality's prime-learning-window epochs are
   marked in that modality's colour (a band under the curves, and the curve's markers filled);
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 PLOT_SECONDS = 30.0  # plotting costs about a second: a small CPU run's epoch is a few
@@ -67,7 +68,7 @@ class Reporter:
                run_name: str = "", hparams: dict[str, Any] | None = None, write: bool = True):
     self.workdir, self.modalities = workdir, list(modalities)
     self.run_name, self.hparams, self.write = run_name, hparams or {}, write
-    self.plotted = 0.0  # time.monotonic() of the last plot
+    self.plotted = time.monotonic()  # of the last plot: the first after PLOT_SECONDS
     self.log = open(os.path.join(workdir, "metrics.jsonl"), "w") if write else None
     for row in history if write else ():  # the rows so far (a resumed run's)
       self.log.write(json.dumps(json_safe(row)) + "\n")

@@ -179,7 +179,8 @@ class Loop:  # pragma: no mutate
 
   @property
   def member_values(self) -> dict[str, np.ndarray]:
-    """The members' member-wise hyperparameters, arrays [N] (``loop.member_values['pmr.momentum']``)."""
+    """The members' member-wise hyperparameters, arrays [N]
+    (``loop.member_values['pmr.momentum']``)."""
     return self.program.hp
 
   def place(self, tree):
@@ -341,15 +342,17 @@ def check_resume_early(cfg: Config, workdir: str) -> None:
   fresh run would replace its results)."""
   if not cfg.resume:
     return
-  loop = None
+  loop, saved = None, False
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     mngr = checkpoint.manager(workdir)
     try:
+      saved = bool(mngr.all_steps())
       loop = checkpoint.latest_loop(mngr)
     finally:
       mngr.close()
   if loop is not None:
     check_resumable(cfg, loop)
+  if saved:  # (unreadable ones: the restore says so, and which)
     return
   results = [f for f in ("summary.json", "metrics.jsonl")
              if os.path.exists(os.path.join(workdir, f))]
@@ -504,6 +507,22 @@ def _check_members(cfgs: Sequence[Config]) -> None:
                    f"({', '.join(d for d in dirs if dirs.count(d) > 1)})")
 
 
+def restore(cfg: Config, mngr, abstract_state, data: dict | None = None,
+            at_most: int | None = None, log=print):
+  """(state, loop JSON) of the latest readable checkpoint (of epoch ``at_most`` or earlier),
+  checked against ``cfg`` and the data's identity; None for a fresh run."""
+  if not cfg.resume:
+    return None
+  try:
+    restored = checkpoint.restore_latest(mngr, abstract_state, log=log, at_most=at_most,
+                                         check=lambda loop: check_resumable(cfg, loop, data))
+  except checkpoint.CheckpointError as e:
+    raise RunError(f"--resume: {e}; start afresh with --overwrite") from None
+  if restored is None:
+    log(f"--resume: {cfg.resolved_workdir} has no checkpoint yet; starting a fresh run")
+  return restored
+
+
 def _restore_members(members: list[Member], program: Program, dataset: Dataset, log):
   """The population's state from its members' checkpoints (--resume): every member from the
   same epoch, the latest one they all have (a population killed between two members' saves
@@ -533,12 +552,8 @@ def _restore_members(members: list[Member], program: Program, dataset: Dataset, 
                default=max(latest.values()))
   states = []
   for m in members:
-    try:
-      restored = checkpoint.restore_latest(
-          m.mngr, target, log=log, at_most=None if m.stopped else common,
-          check=lambda loop, c=m.cfg: check_resumable(c, loop, dataset.identity))
-    except checkpoint.CheckpointError as e:
-      raise RunError(f"--resume: {e}; start afresh with --overwrite") from None
+    restored = restore(m.cfg, m.mngr, target, dataset.identity,
+                       None if m.stopped else common, log)
     if restored is None:
       raise RunError(f"--resume: {m.workdir}: no checkpoint of epoch {common} or earlier")
     state, saved = restored
@@ -588,7 +603,8 @@ def train(cfgs: Config | Sequence[Config], dataset: Dataset | None = None,
   return summaries[0] if single else summaries
 
 
-def _train(members: list[Member], cfg: Config, dataset, progress, files, writer):  # pragma: no mutate
+def _train(members: list[Member], cfg: Config, dataset, progress, files,
+           writer):  # pragma: no mutate
   mesh = make_mesh(len(members))
   data_devices = mesh.shape["data"]
   for flag in ("batch_size", "eval_batch_size"):
@@ -745,8 +761,12 @@ def _epochs(members: list[Member], cfg: Config, loop: Loop, program: Program, st
   summaries = []
   for m in members:
     seconds = m.seconds + (elapsed if trained else 0.0)
-    if not m.history:
-      summaries.append({"workdir": m.workdir, "stopped": m.stopped})
+    if not m.history:  # stopped in its first epoch: say so where its results would be
+      summary = {"workdir": m.workdir, "stopped": m.stopped, "config": m.cfg.to_dict()}
+      if writer and m.stopped:
+        with open(os.path.join(m.workdir, "summary.json"), "w") as f:
+          json.dump(json_safe(summary), f, indent=2)
+      summaries.append(summary)
       continue
     summary = _summary(m.cfg, m.history, seconds, m.workdir, m.stopped, len(members))
     if writer:

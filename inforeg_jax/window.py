@@ -156,8 +156,11 @@ def gate(in_window, window: Window):
   raise ValueError(f"window must be prime, whole or other; got {window!r}")
 
 
-def track_window(param_labels: ParamLabels, steps_per_epoch: int,
-                 rule: WindowRule = WindowRule(), modalities: Sequence[str] | None = None
+EQ11 = WindowRule()  # Eq. 11 with the paper's K
+
+
+def track_window(param_labels: ParamLabels, steps_per_epoch: int, rule: WindowRule = EQ11,
+                 modalities: Sequence[str] | None = None
                  ) -> optax.GradientTransformationExtraArgs:
   """Records Tr(F_m) per epoch in the optimizer state, and the window flags of ``rule`` for
   each step (``in_window``); the updates pass unchanged.

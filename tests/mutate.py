@@ -406,10 +406,10 @@ def make_mutants(path: str, source: str) -> list[Mutant]:
              if isinstance(child, ast.AST)}
   mutants, seen_sources, occurrences, ids = [], {source}, {}, set()
   prefix = module_name(path)
-  for i, (node, qual, skip, in_index) in enumerate(listed):
+  for node, qual, skip, in_index in listed:
     if skip:
       continue
-    for k, (kind, new) in enumerate(candidates(node, in_index, id(node) in usub_literals)):
+    for kind, new in candidates(node, in_index, id(node) in usub_literals):
       mutated = splice(source, node, new)
       # Check that the text says what the tree says (parentheses, precedence, offsets).
       try:

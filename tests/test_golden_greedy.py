@@ -42,8 +42,6 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 
 from inforeg_jax import config
 from inforeg_jax.labels import modality_labels, resolve_labels

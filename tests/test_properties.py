@@ -219,7 +219,7 @@ def test_ogm_ge_prime_and_other_partition_whole(p, flag_seed):
 @FAST
 @given(problems(max_epochs=5), st.sampled_from([0.0, 0.04, 0.3]))
 def test_track_window_traces_reset_and_gate_partition(p, threshold):
-  tx = W.track_window(p["labels"], p["spe"], threshold, modalities=p["names"])
+  tx = W.track_window(p["labels"], p["spe"], W.WindowRule(threshold), modalities=p["names"])
   state = tx.init(p["params"][0])
   flat = jax.tree.leaves(p["labels"], is_leaf=lambda x: x is None)
   sums, closed, spe = np.zeros(len(p["names"])), [], p["spe"]
@@ -240,6 +240,6 @@ def test_track_window_traces_reset_and_gate_partition(p, threshold):
       n = min(len(closed), W.TRACE_HISTORY)
       np.testing.assert_allclose(state.trace_history[-n:], np.stack(closed[-n:]), rtol=1e-2)
     # the window gate splits the steps: prime and other disjoint, together the whole run
-    flags = W.flags(W.roll(state, spe, threshold), threshold)
+    flags = W.flags(W.roll(state, spe, threshold), W.WindowRule(threshold))
     prime, other, whole = (np.asarray(W.gate(flags, w)) for w in ("prime", "other", "whole"))
     assert not np.any(prime & other) and np.array_equal(prime | other, whole) and whole.all()

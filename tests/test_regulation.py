@@ -177,7 +177,7 @@ def test_official_variant_matches_released_rules():
             "head": {"k": rng.normal(size=(2, 2)).astype(np.float32)}}
   labels = {"audio": {"k": "audio"}, "visual": {"k": "visual", "b": "visual"}, "head": {"k": None}}
   grads_seq, scores_seq = [], []
-  for step in range(SPE * 14):
+  for _ in range(SPE * 14):
     grads_seq.append(jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params))
     scores_seq.append(rng.uniform(0, 3, size=2).astype(np.float32))
   tx = inforeg_transform(labels, steps_per_epoch=SPE, variant="official")

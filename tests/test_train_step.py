@@ -14,7 +14,7 @@ import optax
 
 from inforeg_jax import config, methods, models, window
 from inforeg_jax.labels import modality_labels, resolve_labels
-from inforeg_jax.methods.base import Gradients, Method, Setup, true_class_prob_sum
+from inforeg_jax.methods.base import Method, Setup, true_class_prob_sum
 from inforeg_jax.train import (MemberBuilder, TrainState, accuracy, make_create_state,
                                make_eval_step, make_forward, make_predict, make_train_step,
                                member_rng)

@@ -77,6 +77,35 @@ def test_nonfinite_loss_stops_the_run_at_its_step(tmp_path):
   ds = Dataset(ds.name, bad, ds.test, ds.num_classes, ds.kinds, val=ds.val)
   with pytest.raises(trainer.RunError, match=r"non-finite the loss at step 0 \(epoch 0\)"):
     trainer.train(tiny(tmp_path / "nan", method="joint"), ds, progress=False)
-  summary = trainer.train(tiny(tmp_path / "skip", method="joint", epochs=1,
-                               skip_nonfinite=True), ds, progress=False)
-  assert summary["skipped_steps"] == 4  # 64 examples / 16: every step skipped, none applied
+  # --skip_nonfinite: skipped and counted, but an epoch mostly skipped stops the run (here all
+  # 4 steps: 64 examples / 16); nothing claims success at chance accuracy
+  with pytest.raises(trainer.RunError, match="4 of epoch 0's 4 steps were non-finite"):
+    trainer.train(tiny(tmp_path / "skip", method="joint", epochs=1, skip_nonfinite=True), ds,
+                  progress=False)
+  one = dict(ds.train)
+  one["audio"] = tiny_dataset().train["audio"].copy()
+  one["audio"][np.arange(64) % 64 == 5] = np.nan  # one example: one step in four
+  few = Dataset(ds.name, one, ds.test, ds.num_classes, ds.kinds, val=ds.val)
+  with pytest.raises(trainer.RunError, match="1 of epoch 0's 4 steps"):  # 25% > 10%
+    trainer.train(tiny(tmp_path / "few", method="joint", epochs=1, skip_nonfinite=True), few,
+                  progress=False)
+
+
+def test_the_checkpoint_kept_as_best_is_the_best_validation_epoch(tmp_path, monkeypatch):
+  """Retention keeps the last and the best epoch by *validation* accuracy. The validation
+  labels here are shuffled, so that the best validation epoch is not the best test epoch."""
+  from inforeg_jax import checkpoint
+  ds = tiny_dataset()
+  val = dict(ds.val)
+  val["label"] = np.random.default_rng(3).permutation(val["label"])
+  ds = Dataset(ds.name, ds.train, ds.test, ds.num_classes, ds.kinds, val=val)
+  monkeypatch.setattr(checkpoint, "KEEP_LAST", 1)
+  cfg = tiny(tmp_path / "r", method="joint", epochs=6, learning_rate=0.05)
+  summary = trainer.train(cfg, ds, progress=False)
+  history = rows(tmp_path / "r")
+  best_val = max(history, key=lambda r: r["val_acc"])["epoch"]
+  best_test = max(history, key=lambda r: r["acc"])["epoch"]
+  assert best_val not in (best_test, 5)  # the data makes the two choices differ
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "r" / "checkpoints") if d.isdigit())
+  assert kept == sorted({best_val, 5})
+  assert summary["selected"]["epoch"] == best_val and summary["best"]["epoch"] == best_test

@@ -41,7 +41,8 @@ def train_batches(arrays: Arrays, global_batch_size: int, seed: int, epoch: int,
   The order depends only on (seed, epoch): the same on any number of processes or devices.
   """
   if global_batch_size % process_count:
-    raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
+    raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} "
+                     "processes")
   per_process = global_batch_size // process_count
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples(arrays))
   n = steps_per_epoch(arrays, global_batch_size)

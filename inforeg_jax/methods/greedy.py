@@ -36,7 +36,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from inforeg_jax import model_zoo
 from inforeg_jax.methods.base import Method, Objective

@@ -1,16 +1,22 @@
-"""python -m experiments.results [--tables=methods] [--datasets=synthetic,avmnist] [--jobs=2]
+"""python -m experiments.results [--tables=tuned] [--datasets=avmnist_hard] [--jobs=2]
 
-Regenerates the paper's tables on the synthetic data and AV-MNIST, every row over the same
-seeds, and writes what a reader needs to check or extend them:
+Regenerates the paper's tables, every row over the same seeds, its runs trained as
+populations (`inforeg_jax.trainer`: the members of one program, each the single run it names),
+and writes what a reader needs to check or extend them:
 - ``docs/results/<dataset>.json``: the prep command, then per row its name, the command that
-  reproduces its setting (no --seed or --workdir: add them per seed; DIR is the prepared data),
-  the seeds, and mean and std of the final-epoch accuracies (fractions), of the
-  validation-selected epoch's, and of the paired difference from joint training;
+  reproduces it (``--seeds=...``; DIR is the prepared data), each seed's values, mean and std
+  of the final-epoch accuracies (fractions), and the paired difference from its reference
+  with two intervals: over seeds (t), and over seeds *and* test examples (a paired
+  hierarchical bootstrap: seeds and test examples resampled, the same examples for both);
 - ``docs/results/<dataset>_<table>.md``: the table in Markdown.
 
-Tables (``--tables``; ``make results`` runs ``methods``):
-- ``methods``: Tables 2 and 3, every method (fused and per-modality accuracy) and the
-  unimodal baselines;
+Tables (``--tables``):
+- ``tuned``: the comparison protocol (docs/RESULTS.md, "Protocol"): every method's learning
+  rate and key hyperparameter chosen on validation accuracy over tuning seeds never reported,
+  the same number of tuning runs a method; its chosen setting and its official defaults then
+  on the reported seeds;
+- ``methods``: Tables 2 and 3 at every method's defaults (the untuned rows), and each
+  modality alone;
 - ``options``: InfoReg's two window options (``--inforeg.criterion``) beside the paper's rule;
 - ``epochs``: Table 1, joint training for E and 2E epochs against InfoReg for E;
 - ``window``: Table 4, OGM-GE, AGM, PMR and InfoReg over the whole run, inside and outside
@@ -18,9 +24,13 @@ Tables (``--tables``; ``make results`` runs ``methods``):
 - ``fusion``: Table 5, joint training and InfoReg under the four fusions;
 - ``beta``, ``threshold``: Figs. 7 and 8, InfoReg's beta and K.
 
-Runs go to ``runs/results/<dataset>/<row>/seed<k>``; a finished run is read back, an
-interrupted one resumes from its checkpoint, so the command resumes. ``--jobs`` runs so many
-single-threaded processes at once.
+Datasets: ``synthetic`` (built in), ``avmnist`` (the easy variant) and ``avmnist_hard``
+(``--variant=hard``), read from ``--data_root`` (default data/); a missing one is prepared
+when ``--fsdd_dir`` and ``--mnist_dir`` are given, else the command to run is one line.
+
+Runs go to ``--out``/<dataset>/<row>/seed<k>; a finished run is read back, an interrupted
+population resumes from its checkpoints, so the command resumes. ``--jobs`` populations train
+at once, each in its own process with one CPU thread.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -40,16 +51,48 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (0, 1, 2, 3, 4)
-DATA = {"avmnist": "data/avmnist"}
-PREP = {"avmnist": ("python -m data_prep.avmnist --fsdd_dir=../shared/data/fsdd "
-                    "--mnist_dir=../shared/data/mnist --out_dir=DIR")}
+MAX_MEMBERS = 12  # members of one population (its compile time grows with them on the CPU)
+CHECKPOINT_EVERY = 5  # epochs: an orbax save costs ~0.1 s a member (docs/PERFORMANCE.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  dataset: str  # --dataset
+  folder: str | None  # under --data_root; None: built in
+  prep: str | None  # the command that prepares it (FSDD, MNIST, DIR: paths)
+
+
+DATASETS = {
+    "synthetic": Data("synthetic", None, None),
+    "avmnist": Data("avmnist", "avmnist", "python -m data_prep.avmnist --fsdd_dir=FSDD "
+                    "--mnist_dir=MNIST --out_dir=DIR"),
+    "avmnist_hard": Data("avmnist", "avmnist_hard", "python -m data_prep.avmnist "
+                         "--variant=hard --fsdd_dir=FSDD --mnist_dir=MNIST --out_dir=DIR"),
+}
 METHODS_T2 = ("joint", "ogm_ge", "agm", "pmr", "greedy", "inforeg")  # multimodal loss only
 METHODS_T3 = ("joint_uni", "gblending", "mmpareto", "inforeg_uni")  # with unimodal losses
 
+# The tuning protocol: a log grid of learning rates and each method's one key hyperparameter
+# (three values, its official default among them); a method without one spends the same
+# number of tuning runs on more tuning seeds.
+LEARNING_RATES = (0.01, 0.02, 0.04)  # the presets' 0.01 and above: methods that slow
+# learning were seen to want more (docs/RESULTS.md)
+KEY_GRID = {
+    "inforeg": ("inforeg.beta", (0.3, 0.9, 2.0)),  # paper Sec. 4.7: 0.9
+    "inforeg_uni": ("inforeg.beta", (0.3, 0.9, 2.0)),
+    "ogm_ge": ("ogm_ge.alpha", (0.1, 0.3, 0.8)),  # main.py 0.1; README CREMA-D 0.8
+    "agm": ("agm.alpha", (0.5, 1.0, 2.5)),  # utils/config.py 1.0; README AV-MNIST 2.5
+    "pmr": ("pmr.alpha", (1.0, 2.0, 4.0)),  # official 1.0; CREMA-D commands 2-5
+    "gblending": ("gblending.super_epoch", (5, 10, 20)),  # BalanceBenchmark 10
+}
+TUNING_SEEDS = (100, 101)  # never reported
+TUNING_SEEDS_NO_KEY = (100, 101, 102, 103, 104, 105)
+
 
 def rows(table: str) -> list[tuple[str, list[str]]]:
-  """(row name, run flags) of a table."""
-  if table == "methods":
+  """(row name, run flags) of a table (``tuned``: its default rows; the tuned ones follow
+  from the tuning runs)."""
+  if table in ("methods", "tuned"):
     return [(m, [f"--method={m}"]) for m in METHODS_T2 + METHODS_T3] + [
         ("audio alone", ["--method=joint", "--modalities=audio"]),
         ("visual alone", ["--method=joint", "--modalities=visual"])]
@@ -75,17 +118,32 @@ def rows(table: str) -> list[tuple[str, list[str]]]:
   raise SystemExit(f"error: --tables: unknown table {table!r}")
 
 
-TABLES = ("methods", "options", "epochs", "window", "fusion", "beta", "threshold")
+TABLES = ("tuned", "methods", "options", "epochs", "window", "fusion", "beta", "threshold")
 
 
-def resolve(flags: list[str], dataset: str) -> list[str]:
+def tuning_settings(method: str) -> tuple[list[list[str]], tuple[int, ...]]:
+  """(the settings tried, as flags; the tuning seeds) of a method."""
+  key = KEY_GRID.get(method)
+  if key is None:
+    return [[f"--learning_rate={lr}"] for lr in LEARNING_RATES], TUNING_SEEDS_NO_KEY
+  name, values = key
+  return ([[f"--learning_rate={lr}", f"--{name}={v}"] for lr in LEARNING_RATES
+           for v in values], TUNING_SEEDS)
+
+
+RUN_FLAGS: list[str] = []  # --run_flags: added to every run (e.g. --epochs=2 for a smoke test)
+
+
+def resolve(flags: list[str], name: str, data_root: str) -> list[str]:
   """The row's flags for a dataset (EPOCHS2: twice the dataset preset's epochs)."""
   from inforeg_jax.config import PRESETS
-  out = [f"--dataset={dataset}"]
-  if dataset in DATA:
-    out.append(f"--data_dir={DATA[dataset]}")
+  data = DATASETS[name]
+  out = [f"--dataset={data.dataset}"]
+  if data.folder:
+    out.append(f"--data_dir={os.path.join(data_root, data.folder)}")
+  out += RUN_FLAGS
   for f in flags:
-    out.append(f"--epochs={2 * PRESETS[dataset]['epochs']}" if f == "EPOCHS2" else f)
+    out.append(f"--epochs={2 * PRESETS[data.dataset]['epochs']}" if f == "EPOCHS2" else f)
   return out
 
 
@@ -105,36 +163,26 @@ def canonical(flags: list[str]) -> tuple[str, ...]:
   return tuple(f for f in flags if f in base or _setting(base + [f]) != default)
 
 
-def command(flags: list[str]) -> str:
+def command(flags, seeds) -> str:
   return " ".join(["python -m experiments.run"]
-                  + [("--data_dir=DIR" if f.startswith("--data_dir=") else f) for f in flags])
+                  + [("--data_dir=DIR" if f.startswith("--data_dir=") else f) for f in flags]
+                  + [f"--seeds={','.join(map(str, seeds))}"])
 
 
 def slug(name: str) -> str:
   return name.replace(" ", "_").replace("=", "-")
 
 
-def run_one(flags: list[str], seed: int, workdir: str, single_thread: bool,
-            compile_cache: str | None = None) -> dict:
-  """One seed of a row: read back when finished, else run (resuming) and read back. Runs
-  share JAX's persistent ``compile_cache``: a row's other seeds skip compiling its steps
-  (the same executables, so the same numbers)."""
-  summary = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary):
-    return read_summary(summary, seed)
-  env = dict(os.environ)
-  if compile_cache:
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(compile_cache))
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  if single_thread:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                        "intra_op_parallelism_threads=1").strip()
-  cmd = [sys.executable, "-m", "experiments.run", *flags, f"--seed={seed}",
-         f"--workdir={workdir}", "--resume"]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-  if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-  return read_summary(summary, seed)
+# ---------------------------------------------------------------- running populations
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One seed of one setting: a member of some population."""
+
+  flags: tuple[str, ...]
+  seed: int
+  workdir: str
 
 
 def read_summary(path: str, seed: int) -> dict:
@@ -147,14 +195,123 @@ def read_summary(path: str, seed: int) -> dict:
   return summary
 
 
+def finished(run: Run) -> dict | None:
+  path = os.path.join(run.workdir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  summary = read_summary(path, run.seed)
+  return summary if "final" in summary or summary.get("stopped") else None
+
+
+def populations(runs: list[Run]) -> list[list[Run]]:
+  """The unfinished runs grouped into populations: one program (the config less the seed and
+  the member-wise values) and one point of progress (a fresh run, or the epoch its checkpoints
+  reached) each, at most MAX_MEMBERS members."""
+  from inforeg_jax.config import member_fields, parse_flags
+  groups: dict = {}
+  for run in runs:
+    cfg = parse_flags(list(run.flags) + [f"--seed={run.seed}"])[0]
+    program = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "workdir")}
+    for name in member_fields():
+      group, _, field = name.rpartition(".")
+      if group:
+        program.get(group, {}).pop(field, None)
+      else:
+        program.pop(name, None)
+    ckpt = os.path.join(run.workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    key = (json.dumps(program, sort_keys=True, default=str), max(steps, default=-1))
+    groups.setdefault(key, []).append(run)
+  out = []
+  for members in groups.values():
+    out += [members[i:i + MAX_MEMBERS] for i in range(0, len(members), MAX_MEMBERS)]
+  return out
+
+
+def train_population(members: list[Run], log_path: str) -> list[dict]:
+  """Trains one population (in a worker process) and returns its members' summaries."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  streams = sys.stdout, sys.stderr
+  with open(log_path, "a") as log:
+    sys.stdout = sys.stderr = log
+    try:
+      from experiments.run import enable_compilation_cache
+      from inforeg_jax.config import parse_flags
+      from inforeg_jax.trainer import train
+      enable_compilation_cache()
+      resume = any(os.path.isdir(os.path.join(m.workdir, "checkpoints")) for m in members)
+      cfgs = [parse_flags(list(m.flags) + [f"--seed={m.seed}", f"--workdir={m.workdir}",
+                                           f"--checkpoint_every={CHECKPOINT_EVERY}"]
+                          + (["--resume"] if resume else ["--overwrite"]))[0] for m in members]
+      train(cfgs, progress=False)
+    finally:
+      sys.stdout, sys.stderr = streams
+  return [read_summary(os.path.join(m.workdir, "summary.json"), m.seed) for m in members]
+
+
+def _worker_init(single_thread: bool, compile_cache: str) -> None:
+  if single_thread:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                               "=false intra_op_parallelism_threads=1").strip()
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(compile_cache))
+
+
+def run_all(runs: list[Run], jobs: int, out: str, tty: bool) -> dict[str, dict]:
+  """Every run's summary {workdir: summary}: finished ones read back, the others trained as
+  populations, ``jobs`` at once."""
+  from tqdm import tqdm
+  done = {r.workdir: s for r in runs for s in [finished(r)] if s is not None}
+  todo = [r for r in dict.fromkeys(runs) if r.workdir not in done]
+  pops = populations(todo)
+  if not pops:
+    return done
+  t0 = time.time()
+  bar = tqdm(total=len(todo), unit="run", desc="results", disable=not tty)
+  logs = [os.path.join(out, "logs", f"population{k:03d}-{int(t0)}.txt") for k in range(len(pops))]
+
+  def finish(members, summaries):
+    for m, s in zip(members, summaries):
+      done[m.workdir] = s
+    bar.update(len(members))
+    if not tty:
+      print(f"[{len(done)}/{len(runs)} {time.time() - t0:.0f} s] "
+            f"{' '.join(members[0].flags[2:])}: {len(members)} members", flush=True)
+
+  if jobs == 1:  # in this process, with every thread
+    _worker_init(False, os.path.join(out, ".jax_cache"))
+    for members, log in zip(pops, logs):
+      finish(members, train_population(members, log))
+  else:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_worker_init,
+        initargs=(True, os.path.join(out, ".jax_cache"))) as pool:
+      futures = {pool.submit(train_population, members, log): members
+                 for members, log in zip(pops, logs)}
+      for f in concurrent.futures.as_completed(futures):
+        members = futures[f]
+        try:
+          summaries = f.result()
+        except Exception as e:
+          raise RuntimeError(f"a population of {len(members)} ({' '.join(members[0].flags)}) "
+                             f"failed: {e}") from None
+        finish(members, summaries)
+  bar.close()
+  return done
+
+
+# ---------------------------------------------------------------- statistics
+
+
 def stats(values) -> dict:
   v = np.asarray(values, float)
   return {"mean": round(float(v.mean()), 4),
-          "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else 0.0}
+          "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else 0.0,
+          "per_seed": [round(float(x), 4) for x in v]}
 
 
 def paired(values, reference) -> dict:
-  """Mean of the per-seed differences and its 95% t interval."""
+  """Mean of the per-seed differences and its 95% t interval (over seeds only)."""
   from scipy import stats as st
   d = np.asarray(values, float) - np.asarray(reference, float)
   half = float(st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 \
@@ -163,158 +320,293 @@ def paired(values, reference) -> dict:
           "ci95": [round(float(d.mean()) - half, 4), round(float(d.mean()) + half, 4)]}
 
 
+def bootstrap(correct, reference, draws: int = 4000, seed: int = 0) -> list[float] | None:
+  """95% interval of the mean accuracy difference, resampling the seeds and, within the
+  draw, the test examples (the same ones for both rows): the uncertainty of the seeds and of
+  the test set together. ``correct``: bool [seeds, examples] of a row, paired by seed."""
+  if correct is None or reference is None:
+    return None
+  a, b = np.asarray(correct, float), np.asarray(reference, float)
+  rng = np.random.default_rng(seed)
+  s, n = a.shape
+  diffs = np.empty(draws)
+  for i in range(draws):
+    seeds = rng.integers(0, s, s)
+    examples = rng.integers(0, n, n)
+    diffs[i] = (a[np.ix_(seeds, examples)] - b[np.ix_(seeds, examples)]).mean()
+  return [round(float(np.quantile(diffs, 0.025)), 4), round(float(np.quantile(diffs, 0.975)), 4)]
+
+
+def correctness(runs: list[dict], labels) -> np.ndarray | None:
+  """bool [seeds, examples]: each run's final-epoch test predictions right or not."""
+  out = []
+  for s in runs:
+    path = os.path.join(s["workdir"], "test_predictions.npy")
+    if not os.path.exists(path):
+      return None
+    out.append(np.load(path) == labels)
+  return np.stack(out)
+
+
+# ---------------------------------------------------------------- tables
+
+
 def reference(table: str, name: str) -> str:
   """The row a row is compared with: joint training, or joint training* (with unimodal
   losses) for the Table 3 methods; in Table 1 joint training for E epochs, in Table 4 the
-  method over the whole run, in Table 5 joint training with the same fusion."""
+  method over the whole run, in Table 5 joint training with the same fusion; in the tuned
+  table, tuned joint training (or joint training*)."""
   if table == "epochs":
     return "joint E"
   if table == "window":  # inside or outside the window against the whole run
     return name.split()[0] + " whole"
   if table == "fusion":
     return "joint " + name.split()[1]
-  return "joint_uni" if name in METHODS_T3 else "joint"
+  base = name.split()[0]
+  ref = "joint_uni" if base in METHODS_T3 else "joint"
+  return f"{ref} tuned" if name.endswith(" tuned") else ref
 
 
-def summarise(dataset: str, table: str, results: dict[str, dict[int, dict]]) -> dict:
-  """The JSON rows of one table."""
-  out = []
-  for name, flags in rows(table):
-    ref = reference(table, name)
-    if name not in results:
-      continue
-    runs = results[name]
-    seeds = sorted(runs)
-    row = {"name": name, "command": command(resolve(flags, dataset)), "seeds": seeds,
-           "acc": stats([runs[s]["final"]["acc"] for s in seeds])}
-    for k in sorted(runs[seeds[0]]["final"]):
-      if k.startswith("acc_"):
-        row[k] = stats([runs[s]["final"][k] for s in seeds])
-    row["selected_acc"] = stats([runs[s]["selected"]["acc"] for s in seeds])
-    row["selected_epoch"] = [runs[s]["selected"]["epoch"] for s in seeds]
-    row["train_seconds"] = stats([runs[s]["train_seconds"] for s in seeds])
-    if ref in results and name != ref and seeds == sorted(results[ref]):
-      row["reference"] = ref
-      row["minus_reference"] = paired([runs[s]["final"]["acc"] for s in seeds],
-                                  [results[ref][s]["final"]["acc"] for s in seeds])
-      for m in ("audio", "visual"):
-        if f"acc_{m}" in runs[seeds[0]]["final"] and f"acc_{m}" in results[ref][seeds[0]]["final"]:
-          row[f"minus_reference_acc_{m}"] = paired(
-              [runs[s]["final"][f"acc_{m}"] for s in seeds],
-              [results[ref][s]["final"][f"acc_{m}"] for s in seeds])
-    out.append(row)
-  return out
+def row_of(name: str, flags, runs: list[dict], labels, ref: dict | None) -> dict:
+  seeds = [s["seed"] for s in runs]
+  row = {"name": name, "command": command(flags, seeds), "seeds": seeds,
+         "acc": stats([s["final"]["acc"] for s in runs])}
+  for k in sorted(runs[0]["final"]):
+    if k.startswith("acc_"):
+      row[k] = stats([s["final"][k] for s in runs])
+  row["selected_acc"] = stats([s["selected"]["acc"] for s in runs])
+  row["selected_epoch"] = [s["selected"]["epoch"] for s in runs]
+  row["train_seconds"] = stats([s["train_seconds"] for s in runs])
+  if ref is not None and ref["name"] != name and ref["_seeds"] == seeds:
+    row["reference"] = ref["name"]
+    row["minus_reference"] = paired([s["final"]["acc"] for s in runs], ref["_acc"])
+    row["minus_reference"]["ci95_with_test_examples"] = bootstrap(
+        correctness(runs, labels), ref["_correct"])
+    for m in ("audio", "visual"):
+      key = f"acc_{m}"
+      if key in runs[0]["final"] and ref.get(f"_{key}") is not None:
+        row[f"minus_reference_{key}"] = paired([s["final"][key] for s in runs], ref[f"_{key}"])
+  row["_seeds"], row["_acc"] = seeds, [s["final"]["acc"] for s in runs]
+  row["_correct"] = correctness(runs, labels)
+  for m in ("audio", "visual"):
+    if f"acc_{m}" in runs[0]["final"]:
+      row[f"_acc_{m}"] = [s["final"][f"acc_{m}"] for s in runs]
+  return row
+
+
+def public(row: dict) -> dict:
+  return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 def markdown(table_rows: list[dict]) -> str:
   mods = sorted({k[4:] for r in table_rows for k in r if k.startswith("acc_")})
-  head = ["row", "acc"] + [f"acc {m}" for m in mods] + ["acc (val-selected)",
-                                                       "acc - reference (95% CI)", "seeds", "s/run"]
+  head = (["row", "acc"] + [f"acc {m}" for m in mods]
+          + ["acc - reference: seeds (t) / seeds and test examples (bootstrap), 95%", "seeds",
+             "s/run"])
   cell = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}" if s else "-"
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in table_rows:
     diff = r.get("minus_reference")
-    d = (f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] vs "
-         f"{r['reference']}" if diff else "-")
-    lines.append("| " + " | ".join([r["name"], cell(r["acc"])]
+    if diff:
+      boot = diff.get("ci95_with_test_examples")
+      d = (f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+           + (f" / [{boot[0]:+.3f}, {boot[1]:+.3f}]" if boot else "") + f" vs {r['reference']}")
+    else:
+      d = "-"
+    name = r["name"] + (f" ({r['chosen']})" if r.get("chosen") else "")
+    lines.append("| " + " | ".join([name, cell(r["acc"])]
                                    + [cell(r.get(f"acc_{m}")) for m in mods]
-                                   + [cell(r["selected_acc"]), d, str(len(r["seeds"])),
+                                   + [d, str(len(r["seeds"])),
                                       f"{r['train_seconds']['mean']:.0f}"]) + " |")
   return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def choose(method: str, settings, tuning: dict[tuple, list[dict]]) -> tuple[list[str], dict]:
+  """The setting with the best mean final validation accuracy over the tuning seeds (the
+  first on a tie), and every setting's mean."""
+  means = {" ".join(s): float(np.mean([r["final"]["val_acc"] for r in tuning[tuple(s)]]))
+           for s in settings}
+  best = max(settings, key=lambda s: means[" ".join(s)])
+  return best, {k: round(v, 4) for k, v in means.items()}
+
+
+def check_data(names, data_root: str, fsdd: str, mnist: str) -> None:
+  """Every prepared dataset present, or prepared now (with --fsdd_dir and --mnist_dir), or
+  one line saying what to run."""
+  for name in names:
+    data = DATASETS[name]
+    if data.folder is None:
+      continue
+    out = os.path.join(data_root, data.folder)
+    if os.path.exists(os.path.join(out, "manifest.json")):
+      continue
+    cmd = data.prep.replace("DIR", out)
+    if not (fsdd and mnist):
+      raise SystemExit(f"error: no prepared {name} in {out}: run {cmd} (FSDD and MNIST: "
+                       "docs/DATA.md), or pass --fsdd_dir and --mnist_dir to prepare it here")
+    cmd = cmd.replace("FSDD", fsdd).replace("MNIST", mnist)
+    print(f"preparing {name}: {cmd}", flush=True)
+    if subprocess.run([sys.executable, *cmd.split()[1:]], cwd=ROOT).returncode != 0:
+      raise SystemExit(f"error: preparing {name} failed: {cmd}")
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.results", allow_abbrev=False,
                               description=__doc__.split("\n\n")[0])
-  p.add_argument("--tables", default="methods", help=f"comma-separated, of {', '.join(TABLES)}")
-  p.add_argument("--datasets", default="synthetic,avmnist")
+  p.add_argument("--tables", default="tuned", help=f"comma-separated, of {', '.join(TABLES)}")
+  p.add_argument("--datasets", default="avmnist_hard",
+                 help=f"comma-separated, of {', '.join(DATASETS)}")
   p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-  p.add_argument("--jobs", type=int, default=2, help="runs at once (single-threaded each)")
+  p.add_argument("--jobs", type=int, default=2, help="populations at once (one thread each)")
+  p.add_argument("--data_root", default="data", help="where the prepared datasets are")
+  p.add_argument("--fsdd_dir", default="", help="prepare a missing AV-MNIST from these")
+  p.add_argument("--mnist_dir", default="")
   p.add_argument("--out", default="runs/results")
   p.add_argument("--docs", default="docs/results")
   p.add_argument("--rows", default="",
                  help="comma-separated row names to run and tabulate (default: every row)")
   p.add_argument("--report-only", action="store_true",
                  help="run nothing: tabulate the finished runs (a row needs every seed)")
+  p.add_argument("--run_flags", default="",
+                 help="flags added to every run, space-separated (e.g. '--epochs=2')")
   args = p.parse_args(argv)
-  from tqdm import tqdm
-
-  tables, datasets = args.tables.split(","), args.datasets.split(",")
-  seeds = [int(s) for s in args.seeds.split(",")]
-  for d in datasets:
-    manifest = os.path.join(ROOT, DATA.get(d, ""), "manifest.json")
-    if not args.report_only and d in DATA and not os.path.exists(manifest):
-      prep = PREP[d].replace("DIR", DATA[d]).split()
-      print("preparing", d, ":", " ".join(prep), flush=True)
-      subprocess.run([sys.executable] + prep[1:], cwd=ROOT, check=True)
+  RUN_FLAGS[:] = args.run_flags.split()
+  tables, names = args.tables.split(","), args.datasets.split(",")
+  for t in tables:
+    rows(t)  # unknown table: one line
+  unknown = [n for n in names if n not in DATASETS]
+  if unknown:
+    raise SystemExit(f"error: --datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    raise SystemExit(f"error: --seeds={args.seeds!r} is not a list of integers") from None
+  if args.jobs < 1:
+    raise SystemExit(f"error: --jobs={args.jobs} must be >= 1")
   only = set(filter(None, args.rows.split(",")))
   known = {name for t in tables for name, _ in rows(t)}
   if only - known:
     raise SystemExit(f"error: --rows: unknown {sorted(only - known)}; the rows of "
                      f"{','.join(tables)}: {', '.join(sorted(known))}")
-  table_rows = {t: [(n, f) for n, f in rows(t) if not only or n in only] for t in tables}
-  # One run per setting and seed, in the folder of the setting's first row over all tables.
-  setting, folder = {}, {}  # (dataset, row flags) -> canonical flags -> folder name
-  for d in datasets:
-    for t in TABLES:
-      for name, flags in rows(t):
-        key = setting.setdefault((d, tuple(flags)), (d, canonical(resolve(flags, d))))
-        folder.setdefault(key, slug(name))
-  unique = dict.fromkeys(setting[(d, tuple(flags))] + (seed,) for d in datasets
-                         for t in tables for _, flags in table_rows[t] for seed in seeds)
-  results: dict = {}
-  t0 = time.time()
+  if not args.report_only:
+    check_data(names, args.data_root, args.fsdd_dir, args.mnist_dir)
   tty = sys.stderr.isatty()
-  workdirs = {key: os.path.join(args.out, key[0], folder[key[:2]], f"seed{key[2]}")
-              for key in unique}
+  t0 = time.time()
+
+  # One run per setting and seed, in the folder of the setting's first row over all tables.
+  folder: dict = {}
+  for name in names:
+    for t in TABLES:
+      for row, flags in rows(t):
+        folder.setdefault((name, canonical(resolve(flags, name, args.data_root))), slug(row))
+  table_rows = {t: [(n, f) for n, f in rows(t) if not only or n in only] for t in tables}
+
+  def run_of(name, flags, seed, where=None) -> Run:
+    key = (name, canonical(resolve(flags, name, args.data_root)))
+    base = where or os.path.join(args.out, name, folder.setdefault(key, slug(" ".join(flags))))
+    return Run(key[1], seed, os.path.join(base, f"seed{seed}"))
+
+  wanted = [run_of(n, f, s) for n in names for t in tables for _, f in table_rows[t]
+            for s in seeds]
+  tuning = {}  # (dataset, method, setting) -> runs
+  if "tuned" in tables:
+    for n in names:
+      for method in METHODS_T2 + METHODS_T3:
+        if only and method not in only:
+          continue
+        settings, tune_seeds = tuning_settings(method)
+        for s in settings:
+          where = os.path.join(args.out, n, "tuning", method, slug("_".join(f[2:] for f in s)))
+          tuning[(n, method, tuple(s))] = [
+              run_of(n, [f"--method={method}", *s], k, where) for k in tune_seeds]
+  todo = wanted + [r for runs in tuning.values() for r in runs]
   if args.report_only:
-    for key, workdir in workdirs.items():
-      if os.path.exists(os.path.join(workdir, "summary.json")):
-        results[key] = read_summary(os.path.join(workdir, "summary.json"), key[2])
-    unique = {}
-  bar = tqdm(total=len(unique), unit="run", desc="results", disable=not tty)
-  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    futures = {}
-    for (d, flags, seed) in unique:
-      workdir = workdirs[(d, flags, seed)]
-      futures[pool.submit(run_one, list(flags), seed, workdir, args.jobs > 1,
-                          os.path.join(args.out, ".jax_cache"))] = (d, flags, seed)
-    for f in concurrent.futures.as_completed(futures):
-      results[futures[f]] = r = f.result()
-      bar.update()
-      bar.set_postfix_str(f"{futures[f][0]} {r['method']}")
-      if not tty:  # one line a run instead of a progress bar in a log
-        print(f"[{len(results)}/{len(unique)} {time.time() - t0:.0f} s] {r['dataset']} "
-              f"{r['method']} seed {r['seed']}: acc {r['final']['acc']:.3f}", flush=True)
-  bar.close()
+    done = {r.workdir: s for r in todo for s in [finished(r)] if s is not None}
+  else:
+    done = run_all(todo, args.jobs, args.out, tty)
+
+  # The tuned rows: each method's chosen setting on the reported seeds.
+  chosen = {}
+  for (n, method, _), _ in tuning.items():
+    if (n, method) in chosen:
+      continue
+    settings, _ = tuning_settings(method)
+    runs = {tuple(s): [done.get(r.workdir) for r in tuning[(n, method, tuple(s))]]
+            for s in settings}
+    if any(x is None for v in runs.values() for x in v):
+      continue
+    best, means = choose(method, settings, runs)
+    chosen[(n, method)] = (best, means)
+  final = {(n, m): [run_of(n, [f"--method={m}", *best], s,
+                           os.path.join(args.out, n, "tuned", m)) for s in seeds]
+           for (n, m), (best, _) in chosen.items()}
+  if final and not args.report_only:
+    done.update(run_all([r for v in final.values() for r in v], args.jobs, args.out, tty))
+
   os.makedirs(args.docs, exist_ok=True)
-  for d in datasets:
-    path = os.path.join(args.docs, f"{d}.json")
+  from inforeg_jax.data import load_dataset
+  for n in names:
+    data = DATASETS[n]
+    labels = np.asarray(load_dataset(data.dataset, os.path.join(args.data_root, data.folder)
+                                     if data.folder else "").test["label"])
+    path = os.path.join(args.docs, f"{n}.json")
     doc = json.load(open(path)) if os.path.exists(path) else {}
-    doc.update({"dataset": d, "prep_command": PREP.get(d, "(built in: no preparation)"),
+    doc.update({"dataset": n, "prep_command": data.prep or "(built in: no preparation)",
                 "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU"})
     doc.setdefault("tables", {})
     doc.setdefault("table_commands", {})
+    doc.setdefault("not_run", {})
     for t in tables:
       doc["table_commands"][t] = (f"python -m experiments.results --tables={t} "
-                                  f"--datasets={d} --seeds={args.seeds}"
+                                  f"--datasets={n} --seeds={args.seeds}"
                                   + (f" --rows='{args.rows}'" if only else ""))
-      by_name = {name: {seed: results[setting[(d, tuple(flags))] + (seed,)] for seed in seeds
-                        if setting[(d, tuple(flags))] + (seed,) in results}
-                 for name, flags in table_rows[t]}
-      missing = [name for name, runs in by_name.items() if len(runs) < len(seeds)]
+      out, missing, made = [], [], {}
+      entries = list(table_rows[t])
+      if t == "tuned":
+        entries = [(f"{m} tuned", None) for m in METHODS_T2 + METHODS_T3
+                   if (n, m) in final and (not only or m in only)] + entries
+      for name, flags in entries:
+        if flags is None:  # a tuned row
+          m = name.split()[0]
+          runs_ = [done.get(r.workdir) for r in final[(n, m)]]
+          best, means = chosen[(n, m)]
+          row_flags = resolve([f"--method={m}", *best], n, args.data_root)
+        else:
+          runs_ = [done.get(run_of(n, flags, s).workdir) for s in seeds]
+          row_flags = resolve(flags, n, args.data_root)
+        if any(r is None or "final" not in r for r in runs_):
+          missing.append(name)
+          continue
+        row = row_of(name, row_flags, runs_, labels, made.get(reference(t, name)))
+        if flags is None:
+          row["chosen"] = " ".join(f[2:] for f in best)
+          row["tuning"] = {"seeds": list(TUNING_SEEDS if m in KEY_GRID else
+                                         TUNING_SEEDS_NO_KEY),
+                           "val_acc_by_setting": means}
+          default = made.get(m)
+          if default is None:  # the default rows come after: compute the difference below
+            row["_default_of"] = m
+        made[name] = row
+        out.append(row)
+      for row in out:  # tuned minus its own defaults, paired by seed
+        m = row.pop("_default_of", None)
+        if m and m in made:
+          row["minus_default"] = paired(row["_acc"], made[m]["_acc"])
       if missing:
-        print(f"{d} / {t}: not every seed has run for {', '.join(missing)}: left out")
-      doc.setdefault("not_run", {})[t] = missing
-      doc["tables"][t] = summarise(d, t, {n: r for n, r in by_name.items() if n not in missing})
-      with open(os.path.join(args.docs, f"{d}_{t}.md"), "w") as f:
-        f.write(markdown(doc["tables"][t]))
-      print(f"\n{d} / {t}\n" + markdown(doc["tables"][t]))
+        print(f"{n} / {t}: not every seed has run for {', '.join(missing)}: left out")
+      doc["not_run"][t] = missing
+      doc["tables"][t] = [public(r) for r in out]
+      with open(os.path.join(args.docs, f"{n}_{t}.md"), "w") as f:
+        f.write(markdown(out))
+      print(f"\n{n} / {t}\n" + markdown(out))
     doc["rows"] = [r for t in doc["tables"].values() for r in t]
     with open(path, "w") as f:
       json.dump(doc, f, indent=1)
-  print(f"{len(unique)} runs made, {time.time() - t0:.0f} s wall")
+  print(f"{len(done)} runs, {time.time() - t0:.0f} s wall")
   return 0
 
 

@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     what = "interrupted" if str(e) in ("", "SIGINT") else f"stopped by {e}"
     where = cfgs[0].resolved_workdir if len(cfgs) == 1 else \
         f"the {len(cfgs)} members' workdirs"
-    print(f"\n{what}: the last finished epoch is checkpointed in {where}; continue with the "
-          "same flags and --resume", file=sys.stderr)
+    print(f"\n{what}: the last checkpointed epoch is in {where}; continue with the same "
+          "flags and --resume", file=sys.stderr)
     return 130
   if jax.process_index() == 0:
     for s in summaries:

@@ -83,6 +83,9 @@ class Config:
   resume: bool = option(False, "continue the run in --workdir from its latest checkpoint")
   overwrite: bool = option(False, "replace the run in --workdir (kept aside until the new run "
                            "has saved its first epoch)")
+  checkpoint_every: int = option(1, "save a checkpoint after every this many epochs (and the "
+                                 "last); a resumed run repeats at most this many, exactly",
+                                 minimum=1)
   skip_nonfinite: bool = option(False, "skip (and count) steps with a non-finite loss or Tr(F) "
                                 "instead of stopping the run (it stops all the same when more "
                                 "than a tenth of an epoch's steps are skipped)")
@@ -201,7 +204,7 @@ TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_s
 
 # What --resume may change: everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("epochs", "resume", "overwrite", "workdir", "eval_batch_size",
-                     "skip_nonfinite", "data_dir")
+                     "skip_nonfinite", "data_dir", "checkpoint_every")
 
 
 def preset_values(dataset: str, tiny: bool = False) -> dict[str, Any]:

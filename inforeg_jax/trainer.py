@@ -196,11 +196,14 @@ class Loop:  # pragma: no mutate
     split), each member in its own seed's order (members sharing a seed share a gather)."""
     arrays = self.dataset.train if arrays is None else arrays
     seeds = [int(s) for s in self.program.hp["seed"]]
+    distinct = list(dict.fromkeys(seeds))
+    threads = 2 if len(distinct) == 1 else 1  # a reader thread a stream beside the compute
     streams = {s: pipeline.train_batches(arrays, self.cfg.batch_size, s, epoch,
                                          start_batch=start_batch,
                                          process_index=jax.process_index(),
-                                         process_count=jax.process_count())
-               for s in dict.fromkeys(seeds)}
+                                         process_count=jax.process_count(),
+                                         prefetch_threads=threads)
+               for s in distinct}
     sharding = NamedSharding(self.mesh, P("pop", "data"))
     for _ in range(pipeline.steps_per_epoch(arrays, self.cfg.batch_size) - start_batch):
       got = {s: next(it) for s, it in streams.items()}
@@ -218,14 +221,15 @@ class Loop:  # pragma: no mutate
         on_step(records)
     return state, records
 
-  def evaluate(self, state, arrays, zeroed: Sequence[str] = (),
-               limit: int | None = None) -> dict[str, np.ndarray]:
+  def evaluate(self, state, arrays, zeroed: Sequence[str] = (), limit: int | None = None,
+               predictions: bool = False):
     """Every member's fused and per-modality accuracy and loss (means over the examples) and
     the macro-F1 of the fused prediction: {name: values [N]}. ``zeroed``: modalities whose
-    inputs are zeros (after the on-device preprocessing); ``limit``: the first examples only."""
+    inputs are zeros (after the on-device preprocessing); ``limit``: the first examples only;
+    ``predictions``: also return each member's fused predictions, int [N, examples]."""
     if limit is not None:
       arrays = {k: v[:limit] for k, v in arrays.items()}
-    sums, preds = None, []
+    outs = []
     keep = lambda b: {m: np.full(len(b["label"]), m not in zeroed, np.float32)
                       for m in self.dataset.modalities}
     sharding = NamedSharding(self.mesh, P("data"))
@@ -233,18 +237,18 @@ class Loop:  # pragma: no mutate
                                        jax.process_count()):
       if zeroed:
         batch["keep"] = keep(batch)
-      out = self.program.eval_step(state, to_global(batch, sharding))
-      preds.append(out.pop("pred"))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
+      outs.append(self.program.eval_step(state, to_global(batch, sharding)))
+    # one transfer for the whole evaluation (the outputs are whole on every process: the
+    # eval step's outputs are laid out by member, replicated over the data axis)
+    outs = jax.device_get(outs)
+    pred = np.concatenate([np.asarray(o.pop("pred")) for o in outs], axis=1)
+    sums = {k: np.sum([o[k] for o in outs], axis=0) for k in outs[0]}
     n = sums.pop("count")
     metrics = {k: np.asarray(v / n, np.float64) for k, v in sums.items()}
-    count = pipeline.num_examples(arrays)
-    pred = np.concatenate([np.asarray(multihost.process_allgather(p, tiled=True))
-                           for p in preds], axis=1)[:, :count]
+    pred = pred[:, :pipeline.num_examples(arrays)]
     labels = np.asarray(arrays["label"])
     metrics["f1_macro"] = np.asarray([macro_f1(labels, p) for p in pred])
-    return metrics
+    return (metrics, pred) if predictions else metrics
 
   def predict_batches(self, state, epoch: int, num_batches: int, augment: bool = False):
     """(outputs [N, ...], labels [N, B]) of the evaluation-mode forward pass over the first
@@ -713,7 +717,7 @@ def _epochs(members: list[Member], cfg: Config, loop: Loop, program: Program, st
       means = _epoch_means(records)
       state, method_rows = program.method.on_epoch_end(loop, state, epoch)
       val = loop.evaluate(state, loop.dataset.val) if loop.dataset.val is not None else None
-      test = loop.evaluate(state, loop.dataset.test)
+      test, predicted = loop.evaluate(state, loop.dataset.test, predictions=True)
       elapsed = time.time() - t0
       for m in members:
         if m.stopped:
@@ -729,17 +733,23 @@ def _epochs(members: list[Member], cfg: Config, loop: Loop, program: Program, st
                **{k: float(np.asarray(v)[m.index]) for k, v in method_rows.items()},
                "time_s": round(m.seconds + elapsed, 2)}
         m.history.append(row)
+        if writer:  # the epoch's test predictions, for intervals over test examples
+          np.save(os.path.join(m.workdir, "test_predictions.npy"),
+                  predicted[m.index].astype(np.int16))
         for k, values in series.items():
           m.series.setdefault(k, []).extend(values)
         m.reporter.epoch(row, series, m.history, m.series)
         rank = "val_acc" if "val_acc" in row else "acc"
-        # every process: orbax writes global arrays collectively
-        checkpoint.save(m.mngr, epoch, member_slice(state, m.index),
-                        {"history": m.history, "series": m.series, "config": m.cfg.to_dict(),
-                         "data": loop.dataset.identity, "train_seconds": m.seconds + elapsed},
-                        best_epoch=max(m.history, key=lambda r: r[rank])["epoch"])
-        m.saved = True
-        if m.set_aside and writer:
+        if (epoch + 1) % cfg.checkpoint_every and epoch + 1 < cfg.epochs:
+          pass  # not this epoch (--checkpoint_every)
+        else:  # every process: orbax writes global arrays collectively
+          checkpoint.save(m.mngr, epoch, member_slice(state, m.index),
+                          {"history": m.history, "series": m.series,
+                           "config": m.cfg.to_dict(), "data": loop.dataset.identity,
+                           "train_seconds": m.seconds + elapsed},
+                          best_epoch=max(m.history, key=lambda r: r[rank])["epoch"])
+          m.saved = True
+        if m.saved and m.set_aside and writer:
           workdir_lib.drop_aside(m.workdir)
           m.set_aside = False
         log.member(m.index, f"{label(m)}epoch {epoch}: loss {row['train_loss']:.4f} acc "

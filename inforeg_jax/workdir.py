@@ -18,7 +18,8 @@ import uuid
 LOCK = ".lock"
 ASIDE = ".replaced"
 RUN_FILES = frozenset({"metrics.jsonl", "summary.json", "checkpoints", "tensorboard",
-                       "accuracy.png", "trace.png", "alpha.png", "log.txt", "config.py", LOCK,
+                       "accuracy.png", "trace.png", "alpha.png", "log.txt", "config.py",
+                       "test_predictions.npy", LOCK,
                        ASIDE, ".process0-token"})
 MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")  # a folder with any holds a run
 

@@ -120,20 +120,236 @@ def bad_flag(flag):
 def interrupted(tmp):
   """Ctrl-C mid-run: one line, and the run resumes."""
   tiny_run(f"{tmp}/w", "--epochs=1")
+  # The run must start with Ctrl-C's default disposition: a test runner's worker may ignore
+  # SIGINT, and a child inherits an ignored signal until it installs a handler of its own.
   p = subprocess.Popen(RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--epochs=400"],
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   ckpts = os.path.join(tmp, "w", "checkpoints")
+  seen = []
   for _ in range(600):  # wait for a checkpoint after epoch 0 (pruning may remove 1), interrupt
     time.sleep(0.5)
-    if any(d.isdigit() and int(d) >= 1 for d in os.listdir(ckpts)):
+    seen = sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else []
+    if any(d.isdigit() and int(d) >= 1 for d in seen) or p.poll() is not None:
       break
+  else:  # say what was there instead of interrupting blind
+    p.kill()
+    _, err = p.communicate()
+    return [sys.executable, "-c", f"import sys; sys.stderr.write({err[-2000:] + repr(seen)!r});"
+            " sys.exit(3)"]
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=300)
   with open(f"{tmp}/interrupt.json", "w") as f:
     json.dump({"rc": p.returncode, "err": err}, f)
   return [sys.executable, "-c", "import json, sys; r = json.load(open(sys.argv[1])); "
           "sys.stderr.write(r['err']); sys.exit(r['rc'])", f"{tmp}/interrupt.json"]
+
+
+def verdict(rc: int, text: str) -> list[str]:
+  """A command that prints ``text`` and exits with ``rc``: for cases that run their commands
+  themselves and then check what is left on disk."""
+  return [sys.executable, "-c", f"import sys; sys.stderr.write({text!r} + '\\n'); "
+          f"sys.exit({rc})"]
+
+
+def files_of(folder: str) -> dict[str, bytes]:
+  out = {}
+  for root, _, names in os.walk(folder):
+    for n in names:
+      path = os.path.join(root, n)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
+def overwrite_with_missing_data(tmp):
+  """--overwrite whose data is missing: refused, and the old run is untouched."""
+  tiny_run(f"{tmp}/w")
+  before = files_of(f"{tmp}/w")
+  out = run(RUN + TINY + [f"--workdir={tmp}/w", "--overwrite", "--dataset=avmnist",
+                          f"--data_dir={tmp}/missing"])
+  kept = files_of(f"{tmp}/w") == before
+  return verdict(out.rc if kept else 99, out.err.strip().splitlines()[-1] +
+                 ("" if kept else " BUT THE OLD RUN CHANGED"))
+
+
+def overwrite_a_users_folder(tmp):
+  os.makedirs(f"{tmp}/mine")
+  with open(f"{tmp}/mine/thesis.tex", "w") as f:
+    f.write("my work")
+  return RUN + TINY + [f"--workdir={tmp}/mine", "--overwrite"]
+
+
+def overwrite_replaces_after_an_epoch(tmp):
+  """--overwrite that fails in its program (a method refusing the fusion): the old run is
+  back; one that trains: the old run gone."""
+  tiny_run(f"{tmp}/w", "--method=joint")
+  before = files_of(f"{tmp}/w")
+  bad = run(RUN + TINY + [f"--workdir={tmp}/w", "--overwrite", "--method=greedy",
+                          "--fusion=sum"])
+  if bad.rc != 2 or files_of(f"{tmp}/w") != before:
+    return verdict(99, "the old run changed after a refused --overwrite: " + bad.err[-300:])
+  good = run(RUN + TINY + [f"--workdir={tmp}/w", "--overwrite", "--method=joint", "--seed=3"])
+  with open(f"{tmp}/w/summary.json") as f:
+    seed = json.load(f)["seed"]
+  left = os.path.exists(f"{tmp}/w/.replaced")
+  return verdict(0 if good.rc == 0 and seed == 3 and not left else 99,
+                 f"refused: {bad.err.strip().splitlines()[-1]}; then replaced (seed {seed})")
+
+
+def resume_finished_without_checkpoints(tmp):
+  tiny_run(f"{tmp}/w")
+  import shutil
+  shutil.rmtree(f"{tmp}/w/checkpoints")
+  return RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--learning_rate=0.5"]
+
+
+def resume_on_other_data(tmp):
+  data = synthetic_records(f"{tmp}/a")
+  other = synthetic_records(f"{tmp}/b", labels=3)
+  flags = TINY + ["--dataset=avmnist", "--batch_size=8", f"--workdir={tmp}/w"]
+  out = run(RUN + flags + [f"--data_dir={data}"])
+  assert out.rc == 0, out.err[-2000:]
+  return RUN + flags + [f"--data_dir={other}", "--resume", "--epochs=3"]
+
+
+def flipped_checkpoint_bytes(tmp):
+  """Bytes flipped inside the latest checkpoint's arrays (it still reads): the checksum
+  finds it, the run resumes from the one before."""
+  tiny_run(f"{tmp}/w", "--epochs=3")
+  latest = os.path.join(tmp, "w", "checkpoints", "2", "state")
+  biggest = max((os.path.join(r, n) for r, _, ns in os.walk(latest) for n in ns
+                 if "ocdbt" in r or n.startswith("d")), key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    data = bytearray(f.read())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+      data[i] ^= 0xFF
+    f.seek(0)
+    f.write(data)
+  return RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--epochs=4"]
+
+
+def two_runs_at_once(tmp):
+  p = subprocess.Popen(RUN + TINY + ["--epochs=30", f"--workdir={tmp}/w"], cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  for _ in range(600):
+    time.sleep(0.2)
+    if os.path.exists(f"{tmp}/w/.lock") and os.path.getsize(f"{tmp}/w/.lock"):
+      break
+  second = run(RUN + TINY + [f"--workdir={tmp}/w", "--resume"])
+  p.kill()
+  p.wait()
+  return verdict(second.rc, second.err.strip().splitlines()[-1] if second.err.strip() else "")
+
+
+def skipped_everything(tmp):
+  return RUN + TINY + ["--learning_rate=1e9", "--skip_nonfinite", f"--workdir={tmp}/w"]
+
+
+def sigterm_mid_run(tmp):
+  p = subprocess.Popen(RUN + TINY + ["--epochs=400", f"--workdir={tmp}/w"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  ckpts = os.path.join(tmp, "w", "checkpoints")
+  for _ in range(600):
+    time.sleep(0.5)
+    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+      break
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=300)
+  return verdict(p.returncode, err.strip().splitlines()[-1])
+
+
+def rereport_keeps_the_time(tmp):
+  """A finished run run again (make run twice): re-reported, its training time kept."""
+  tiny_run(f"{tmp}/w")
+  with open(f"{tmp}/w/summary.json") as f:
+    first = json.load(f)["train_seconds"]
+  out = run(RUN + TINY + [f"--workdir={tmp}/w", "--resume"])
+  with open(f"{tmp}/w/summary.json") as f:
+    again = json.load(f)["train_seconds"]
+  return verdict(out.rc if again == first else 99,
+                 f"re-reported: train_seconds {again} (was {first})")
+
+
+def population_member_diverges(tmp):
+  return RUN + TINY + ["--method=joint", "--learning_rate=0.01,1e9", f"--workdir={tmp}/p"]
+
+
+def a_list_of_epochs(tmp):
+  return RUN + ["--epochs=2,3"]
+
+
+def flagfile_including_itself(tmp):
+  with open(f"{tmp}/flags", "w") as f:
+    f.write(f"--epochs=2\n--flagfile={tmp}/flags\n")
+  return RUN + [f"--flagfile={tmp}/flags"]
+
+
+def binary_flagfile(tmp):
+  with open(f"{tmp}/flags", "wb") as f:
+    f.write(bytes(range(256)))
+  return RUN + [f"--flagfile={tmp}/flags"]
+
+
+def no_gpu(tmp):
+  return [sys.executable, "-c", "import os, sys; os.environ['JAX_PLATFORMS'] = 'cuda'; "
+          "from experiments.run import main; sys.exit(main(['--tiny']))"]
+
+
+def prep_out_dir_is_a_file(tmp):
+  open(f"{tmp}/file", "w").close()
+  cmd = prep_avmnist(tmp)
+  return cmd[:-1] + [f"--out_dir={tmp}/file"]
+
+
+def side(module: str, *args: str, setup=None):
+  def build(tmp):
+    if setup is not None:
+      setup(tmp)
+    return [sys.executable, "-m", module, *[a.format(tmp=tmp) for a in args]]
+  return build
+
+
+def a_finished_run(tmp):
+  tiny_run(f"{tmp}/runs/a")
+
+
+def two_copies_of_a_seed(tmp):
+  tiny_run(f"{tmp}/runs/a")
+  import shutil
+  shutil.copytree(f"{tmp}/runs/a", f"{tmp}/runs/b")
+
+
+def truncated_summary(tmp):
+  tiny_run(f"{tmp}/runs/a")
+  with open(f"{tmp}/runs/a/summary.json", "r+") as f:
+    f.truncate(40)
+
+
+def truncated_metrics(tmp):
+  tiny_run(f"{tmp}/runs/a")
+  with open(f"{tmp}/runs/a/metrics.jsonl", "r+") as f:
+    f.truncate(30)
+
+
+def gradcos_keeps_a_damaged_checkpoint(tmp):
+  tiny_run(f"{tmp}/w")
+  latest = os.path.join(tmp, "w", "checkpoints", "1")
+  for folder, _, files in os.walk(latest):
+    for f in files:
+      if f != "_CHECKPOINT_METADATA":
+        with open(os.path.join(folder, f), "wb") as fh:
+          fh.write(b"\x00garbage")
+  before = sorted(os.listdir(f"{tmp}/w/checkpoints"))
+  out = run([sys.executable, "-m", "experiments.analyze", "gradcos", f"{tmp}/w",
+             "--modality=visual", "--batches=2", f"--out={tmp}/fig"])
+  kept = sorted(os.listdir(f"{tmp}/w/checkpoints")) == before
+  line = next((l for l in out.err.splitlines() if "checkpoint" in l), out.err[-200:])
+  return verdict(out.rc if kept else 99, line + ("" if kept else " AND IT WAS DELETED"))
+
 
 
 def synthetic_records(tmp, **damage) -> str:
@@ -145,6 +361,7 @@ def synthetic_records(tmp, **damage) -> str:
             "visual": rng.normal(size=(n, 1, 12, 12, 1)).astype(np.float32),
             "label": (np.arange(n) % 10).astype(np.int32)}
   out = f"{tmp}/data"
+  os.makedirs(tmp, exist_ok=True)
   records.write_dataset(out, {"train": arrays, "val": arrays, "test": arrays}, {
       "name": "avmnist", "num_classes": 10, "frame_crop": None,
       "kinds": {"audio": "spectrogram", "visual": "frames"}})
@@ -244,6 +461,66 @@ CASES: list[Case] = [
          group="data"),
     Case("a truncated MNIST .gz", lambda t: prep_avmnist(t, mnist_gz_truncated=True), 2,
          "t10k-images-idx3-ubyte.gz", group="data"),
+    Case("data prep --out_dir that is a file", prep_out_dir_is_a_file, 2, "--out_dir",
+         group="data"),
+    # runs that could lose or mix data
+    Case("--overwrite with missing data (old run untouched)", overwrite_with_missing_data, 2,
+         "no prepared avmnist", group="loss"),
+    Case("--overwrite of a folder with a user's files", overwrite_a_users_folder, 2,
+         "not a run's (thesis.tex)", group="loss"),
+    Case("--overwrite refused in its program, then done", overwrite_replaces_after_an_epoch, 0,
+         "then replaced (seed 3)", group="loss"),
+    Case("--resume of a finished run whose checkpoints are gone",
+         resume_finished_without_checkpoints, 2, "no checkpoint to continue it from",
+         group="loss"),
+    Case("--resume on other data", resume_on_other_data, 2, "--resume on other data",
+         group="loss"),
+    Case("bytes flipped in the latest checkpoint", flipped_checkpoint_bytes, 0,
+         "does not match its checksum", group="loss"),
+    Case("two runs into one workdir at once", two_runs_at_once, 2, "in use by another run",
+         group="loss"),
+    Case("--skip_nonfinite with every step skipped", skipped_everything, 2,
+         "non-finite and skipped", group="loss"),
+    Case("a finished run re-reported keeps its time", rereport_keeps_the_time, 0,
+         "re-reported", group="loss"),
+    Case("a population member diverging stops alone", population_member_diverges, 2,
+         "1 of 2 members stopped", group="loss"),
+    Case("SIGTERM mid-run", sigterm_mid_run, 130, "stopped by SIGTERM"),
+    Case("--threshold=nan", bad_flag("--threshold=nan"), 2, "must be a finite number"),
+    Case("--learning_rate=inf", bad_flag("--learning_rate=inf"), 2, "must be a finite number"),
+    Case("--seed=99999999999", bad_flag("--seed=99999999999"), 2, "--seed must be <="),
+    Case("--data_dir with the built-in data", bad_flag("--data_dir=somewhere"), 2,
+         "built in"),
+    Case("--agm.alpha with --method=joint", bad_flag("--agm.alpha=2"), 2, "another method"),
+    Case("--epochs=2,3 (a list of a program setting)", a_list_of_epochs, 2,
+         "--epochs takes one value"),
+    Case("a flagfile including itself", flagfile_including_itself, 2, "includes itself"),
+    Case("a binary flagfile", binary_flagfile, 2, "not a text file"),
+    Case("JAX_PLATFORMS=cuda without a GPU", no_gpu, 2, "no usable backend"),
+    # the side commands
+    Case("table with two copies of one seed", side("experiments.table", "{tmp}/runs",
+                                                   setup=two_copies_of_a_seed), 2, "seed",
+         group="side"),
+    Case("table over a truncated summary.json", side("experiments.table", "{tmp}/runs",
+                                                     setup=truncated_summary), 2,
+         "summary.json", group="side"),
+    Case("analyze on a truncated metrics.jsonl",
+         side("experiments.analyze", "traces", "{tmp}/runs/a", "--out={tmp}/fig",
+              setup=truncated_metrics), 2, "metrics.jsonl", group="side"),
+    Case("analyze an unknown modality",
+         side("experiments.analyze", "gradcos", "{tmp}/runs/a", "--modality=smell",
+              "--out={tmp}/fig", setup=a_finished_run), 2, "--modality=smell", group="side"),
+    Case("analyze gradcos keeps a damaged checkpoint", gradcos_keeps_a_damaged_checkpoint, 0,
+         "could not read checkpoint 1", group="side"),
+    Case("sweep with a bad seed list", side("experiments.sweep", "--out={tmp}/s",
+                                            "--seeds=0,x"), 2, "--seeds", group="side"),
+    Case("bench --steps=0", side("experiments.bench", "--steps=0"), 2, "--steps=0",
+         group="side"),
+    Case("bench with an unknown method", side("experiments.bench", "--methods=nope"), 2,
+         "nope", group="side"),
+    Case("results without the data", side("experiments.results", "--datasets=avmnist_hard",
+                                          "--data_root={tmp}/nodata"), 1,
+         "no prepared avmnist_hard", group="side"),
 ]
 
 

@@ -377,3 +377,21 @@ def tile_to(wave: np.ndarray, length: int) -> np.ndarray:
   """Repeat the clip until it is ``length`` samples long, then cut (released code)."""
   reps = int(np.ceil(length / max(len(wave), 1)))
   return np.tile(wave, reps)[:length]
+
+
+VAL_FRACTION_FLAG = dict(default=0.1, type=fraction, metavar="FRACTION",
+                         help="share of each class's training clips moved to a validation "
+                         "split, the same for every method: model selection, and the "
+                         "held-out set G-Blending reads (0: none, as the releases)")
+
+
+def carve_validation(train: list[tuple[str, int]], fraction: float, seed: int,
+                     num_classes: int) -> tuple[list, list]:
+  """(train, val): a seeded per-class ``fraction`` of the (clip, label) training items moved
+  into a validation split."""
+  rng = np.random.default_rng([seed, 1])
+  val = set()
+  for label in range(num_classes):
+    clips = sorted(c for c, l in train if l == label)
+    val.update(rng.permutation(clips)[:int(round(fraction * len(clips)))].tolist())
+  return [it for it in train if it[0] not in val], [it for it in train if it[0] in val]

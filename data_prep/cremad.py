@@ -13,8 +13,9 @@
           and evaluation take evenly spaced ones, then RandomResizedCrop to --frame_crop /
           the evaluation resize, all on the device.
 --split_dir reads train.csv/test.csv in the OGM-GE format (``clip,LABEL`` lines); without it,
-a seeded split of the same sizes (6,698 / 744 of 7,442). --val_fraction moves a seeded
-per-class share of the training clips into a validation split (the release has none).
+a seeded split of the same sizes (6,698 / 744 of 7,442). --val_fraction (0.1) moves a seeded
+per-class share of the training clips into a validation split (the release has none), the
+same for every method.
 Clips are cached one by one under <out_dir>/.cache, so an interrupted run resumes; clips that
 cannot be read are skipped and listed in the report.
 """
@@ -88,9 +89,7 @@ FLAGS = {
     "split_dir": dict(default="", help="a folder with OGM-GE's train.csv and test.csv "
                       "(copies in ../shared/data/cremad_splits); default: a seeded split of "
                       "the same sizes"),
-    "val_fraction": dict(default=0.0, type=common.fraction, metavar="FRACTION",
-                         help="share of each class's training clips moved to a validation "
-                         "split (0: none, as the release)"),
+    "val_fraction": common.VAL_FRACTION_FLAG,
     "frames_stored": dict(default=9, type=common.positive_int, metavar="N",
                           help="extracted frames (3 a second) stored per clip, repeated or "
                           "subsampled evenly to this count (9 = 3 s)"),
@@ -144,14 +143,10 @@ def main(argv=None) -> None:
               "train": {c: labelled[c] for c in order[n_test:]}}
     split_files = []
   if args.val_fraction:
-    rng = np.random.default_rng([args.seed, 1])
-    val = set()
-    for label in range(len(CLASSES)):
-      clips = sorted(c for c, l in splits["train"].items() if l == label)
-      val.update(rng.permutation(clips)[:int(round(args.val_fraction * len(clips)))].tolist())
-    splits = {"train": {c: l for c, l in splits["train"].items() if c not in val},
-              "val": {c: l for c, l in splits["train"].items() if c in val},
-              "test": splits["test"]}
+    train, val = common.carve_validation(list(splits["train"].items()), args.val_fraction,
+                                         args.seed, len(CLASSES))
+    if val:  # (a few clips a class round to none)
+      splits = {"train": dict(train), "val": dict(val), "test": splits["test"]}
   fp = common.fingerprint(list(wavs.values()) + split_files, options)
   common.claim_out_dir(args.out_dir)
   if common.already_done(args.out_dir, fp):

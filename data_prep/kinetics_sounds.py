@@ -123,6 +123,8 @@ FLAGS = {
                        help="stored frames are resized to this many pixels squared"),
     "frame_crop": dict(default=224, type=common.positive_int, metavar="PIXELS",
                        help="the on-device RandomResizedCrop / evaluation resize output size"),
+    "val_fraction": common.VAL_FRACTION_FLAG,
+    "seed": dict(default=0, type=common.nonnegative_int, help="seeds the validation split"),
 }
 
 
@@ -130,6 +132,11 @@ def main(argv=None) -> None:
   args = common.flags("kinetics_sounds", __doc__, FLAGS, argv)
   raw = common.require_dir(args.raw_dir, "--raw_dir", "the Kinetics-Sounds video files")
   splits = {"train": read_list(args.train_list), "test": read_list(args.test_list)}
+  if args.val_fraction:
+    train, val = common.carve_validation(splits["train"], args.val_fraction, args.seed,
+                                         NUM_CLASSES)
+    if val:  # (a few clips a class round to none)
+      splits = {"train": train, "val": val, "test": splits["test"]}
   videos = {}
   for root, _, files in os.walk(raw):
     for name in files:
@@ -142,7 +149,8 @@ def main(argv=None) -> None:
   clip_options = {"frame_size": size, "rate": RATE, "win": WIN, "hop": HOP, "n_fft": N_FFT,
                   "mels": MELS, "frames": FRAMES, "norm": [NORM_MEAN, NORM_STD],
                   "window": "hanning", "frames_stored": 3}
-  options = {**clip_options, "frame_crop": args.frame_crop}
+  options = {**clip_options, "frame_crop": args.frame_crop, "val_fraction": args.val_fraction,
+             "seed": args.seed}
   fp = common.fingerprint(list(videos.values()) + [args.train_list, args.test_list], options)
   common.claim_out_dir(args.out_dir)
   if common.already_done(args.out_dir, fp):
@@ -159,7 +167,7 @@ def main(argv=None) -> None:
   for split, items in splits.items():
     usable[split] = common.cached_clips(items, process, cache, f"Kinetics-Sounds {split}", skipped)
     if not usable[split]:
-      listed = args.train_list if split == "train" else args.test_list
+      listed = args.test_list if split == "test" else args.train_list
       raise common.PrepError(f"no usable {split} clips: none of {listed}'s clips were found "
                              f"under {raw}")
   with records.Preparation(args.out_dir) as prep:

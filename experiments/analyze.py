@@ -138,13 +138,43 @@ def traces(runs: list[str], out: str) -> dict:
   return numbers
 
 
+def eq11_noise(rows: list[dict], m: str, threshold: float) -> dict:
+  """Is Eq. 11 decided by learning or by estimation noise? Per epoch t >= 2: the rise
+  r = (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} it compares with K, and that rise's noise, the
+  standard errors of the two epochs' Tr(F) means (from their steps' spread, ``trace_se``)
+  over Tr^{t-1}. A decision is *within noise* when |r - K| < 2 noise: another draw of the same
+  epoch's batches could have flipped it."""
+  if f"trace_se_{m}" not in rows[0]:
+    return {}
+  tr = [r[f"trace_{m}"] for r in rows]
+  se = [r[f"trace_se_{m}"] for r in rows]
+  epochs = []
+  for t in range(2, len(rows)):
+    last, before = tr[t - 1], tr[t - 2]
+    if not last:
+      continue
+    rise = (last - before) / last
+    noise = float(np.hypot(se[t - 1], se[t - 2]) / last)
+    epochs.append({"epoch": t, "rise": round(rise, 4), "noise": round(noise, 4),
+                   "open": rise > threshold, "within_noise": abs(rise - threshold) < 2 * noise})
+  return {"epochs": epochs, "decisions": len(epochs),
+          "within_noise": sum(e["within_noise"] for e in epochs),
+          "opened": sum(e["open"] for e in epochs),
+          "opened_within_noise": sum(e["open"] and e["within_noise"] for e in epochs),
+          "median_noise": float(np.median([e["noise"] for e in epochs])) if epochs else None}
+
+
 def windows(runs: list[str], out: str) -> dict:
   """InfoReg's window per run and modality: epochs open, first and last open epoch, the
-  longest open stretch, the regulated epochs and alpha's range over them, and which
-  modality led (was regulated most). Writes JSON only."""
+  longest open stretch, the regulated epochs and alpha's range over them, and whether each
+  Eq. 11 decision stood above the trace's estimation noise (`eq11_noise`). Writes JSON
+  only."""
   per_run = {}
   for run in runs:
     rows = read_rows(run)
+    s = read_summary(run)
+    threshold = (s or {}).get("config", {}).get("threshold")
+    threshold = 0.04 if threshold is None else threshold
     stats = {}
     for key in rows[0]:
       if not key.startswith("window_"):
@@ -161,7 +191,8 @@ def windows(runs: list[str], out: str) -> dict:
                   "epochs_regulated": len(regulated),
                   "alpha_mean_when_regulated": (float(np.mean([r[f"alpha_{m}"] for r in regulated]))
                                                 if regulated else 0.0),
-                  "trace_first_last": [rows[0][f"trace_{m}"], rows[-1][f"trace_{m}"]]}
+                  "trace_first_last": [rows[0][f"trace_{m}"], rows[-1][f"trace_{m}"]],
+                  "eq11_noise": eq11_noise(rows, m, threshold)}
     per_run[run_label(run)] = stats
   numbers = {"runs": per_run, "epochs": len(read_rows(runs[0]))}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

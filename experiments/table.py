@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from inforeg_jax.config import flatten
+
 # Config fields that do not change what is trained: runs that differ only in these pool.
 NOT_TRAINED = ("seed", "workdir", "resume", "overwrite", "eval_batch_size", "skip_nonfinite",
                "data_dir")
@@ -55,16 +57,6 @@ def cell(values):
     return "-"
   v = np.asarray(values)
   return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
 
 
 def setting(s: dict) -> dict:

@@ -280,7 +280,7 @@ def from_dict(values: dict) -> Config:
 def config_differences(old: Config, new: Config, allowed=RESUMABLE_CHANGES) -> list[str]:
   """Flag names whose values differ between two configs, outside ``allowed`` (of another
   method, only --method: the option groups are each method's own)."""
-  a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+  a, b = flatten(old.to_dict()), flatten(new.to_dict())
   if old.method != new.method:
     a = {k: v for k, v in a.items() if "." not in k}
     b = {k: v for k, v in b.items() if "." not in k}
@@ -288,11 +288,12 @@ def config_differences(old: Config, new: Config, allowed=RESUMABLE_CHANGES) -> l
           if a.get(k) != b.get(k) and k not in allowed]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+  """A config dict's values by flag name (``{'agm': {'alpha': 1}}`` -> ``{'agm.alpha': 1}``)."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[prefix + k] = v
   return out

@@ -411,6 +411,10 @@ def _epoch_means(records: list[dict]) -> list[tuple[dict[str, float], dict[str, 
     keep = [r for r, f in zip(rows, finite) if f] or rows
     means = {k: float(np.mean([r[k] for r in keep])) for k in keep[0]}
     means["skipped_steps"] = int((~finite).sum())
+    for k in [k for k in keep[0] if k.startswith("grad_sq_")]:  # Tr(F)'s standard error
+      values = np.asarray([r[k] for r in keep], np.float64)
+      means[f"trace_se_{k[8:]}"] = (float(values.std(ddof=1) / np.sqrt(len(values)))
+                                    if len(values) > 1 else 0.0)
     series = {k: [float(r[k]) for r in rows] for k in rows[0]
               if k.startswith(("alpha_", "coef_"))}
     out.append((means, series))
@@ -440,6 +444,7 @@ def epoch_row(modalities, train: dict[str, float], val: dict | None,
       row[f"train_acc_{m}"] = train[f"acc_{m}"]
   generic = {"loss", "fused_loss", "acc", "finite"} | {
       f"{k}_{m}" for k in ("loss", "acc", "grad_sq") for m in modalities}
+  # trace_se_<m>: the standard error of Tr(F_m)'s epoch mean, from its steps' spread
   row.update({k: v for k, v in train.items() if k not in generic})  # alpha_, coef_, cos_...
   return row
 

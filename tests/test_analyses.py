@@ -182,3 +182,18 @@ def test_curve_plots_a_swept_table_against_joint_training(tmp_path):
   assert (tmp_path / "fig7.png").stat().st_size > 0
   with pytest.raises(SystemExit, match="no finished 'threshold' table"):
     analyze.curve(str(path), "threshold", str(tmp_path / "fig8"))
+
+
+def test_eq11_noise_tells_learning_from_estimation_noise():
+  from experiments.analyze import eq11_noise
+  rows = [{"trace_audio": t, "trace_se_audio": se} for t, se in
+          ((1.0, 0.01), (1.10, 0.01), (1.12, 0.01), (1.40, 0.2), (1.50, 0.2))]
+  out = eq11_noise(rows, "audio", 0.04)
+  e = {x["epoch"]: x for x in out["epochs"]}
+  # epoch 2 reads epochs 0 -> 1: a rise of 0.0909 above K with noise 0.0129: learning
+  assert e[2]["open"] and not e[2]["within_noise"]
+  assert e[2]["rise"] == round(0.1 / 1.1, 4)
+  # epoch 4 reads epochs 2 -> 3: a rise of 0.2 with noise 0.164: could be estimation noise
+  assert e[4]["open"] and e[4]["within_noise"]
+  assert (out["decisions"], out["opened"], out["opened_within_noise"]) == (3, 2, 1)
+  assert eq11_noise([{"trace_audio": 1.0}], "audio", 0.04) == {}  # runs without trace_se

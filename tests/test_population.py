@@ -19,33 +19,11 @@ import numpy as np
 import pytest
 
 from inforeg_jax import trainer
-from inforeg_jax.config import make_config
-from inforeg_jax.data import Dataset
-from inforeg_jax.data.synthetic import SyntheticSpec, make_synthetic
+from tests.test_trainer_runs import rows, tiny, tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = SyntheticSpec(num_train=64, num_test=40, num_val=32, audio_shape=(8, 8), image_size=8,
-                     frames=1, template_size=3)
 KEYS = ("train_loss", "acc", "val_acc", "acc_audio", "acc_visual", "trace_audio",
         "trace_visual")
-
-
-def tiny_dataset():
-  s = make_synthetic(SPEC)
-  return Dataset("synthetic", s["train"], s["test"], SPEC.num_classes,
-                 {"audio": "spectrogram", "visual": "frames"}, val=s["val"])
-
-
-def tiny(workdir, **kw):
-  values = dict(workdir=str(workdir), width=2, batch_size=16, eval_batch_size=32, epochs=3,
-                lr_step_epochs=2, window="whole", encoder="small_cnn")
-  values.update(kw)
-  return make_config(**values)
-
-
-def rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def assert_same_rows(a, b, keys, rtol=1e-4):

@@ -81,6 +81,10 @@ def test_epoch_means_leave_out_skipped_steps():
   assert means["alpha_audio"] == pytest.approx(1.0)
   assert means["skipped_steps"] == 1
   assert series == {"alpha_audio": [0.5, 2.0, 1.5]}  # every step, for the plots
+  # Tr(F)'s standard error over the finite steps: std / sqrt(n) of their grad_sq
+  [(means, _)] = trainer._epoch_means([record(1.0, 1, grad=1.0), record(1.0, 1, grad=3.0),
+                                       record(1.0, 0, grad=99.0)])
+  assert means["trace_se_audio"] == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
   # every step skipped: the means are over all of them (and say so)
   [(means, _)] = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
   assert means["skipped_steps"] == 2 and np.isnan(means["loss"])

@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 
+from experiments import cli
+
 try:
   import jax
   import jax.numpy as jnp
@@ -389,4 +391,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli(main)

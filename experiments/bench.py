@@ -26,6 +26,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import cli
 from inforeg_jax.config import DATASETS, make_config
 from inforeg_jax.methods import names as method_names
 
@@ -341,4 +342,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli(main)

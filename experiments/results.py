@@ -49,6 +49,8 @@ import time
 
 import numpy as np
 
+from experiments import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (0, 1, 2, 3, 4)
 MAX_MEMBERS = 12  # members of one population (its compile time grows with them on the CPU)
@@ -611,4 +613,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli(main)

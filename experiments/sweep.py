@@ -17,9 +17,8 @@ import argparse
 import dataclasses
 import itertools
 import os
-import sys
 
-from experiments import table
+from experiments import cli, table
 from inforeg_jax.config import config_differences, from_dict, parse_flags
 
 try:
@@ -131,4 +130,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli(main)

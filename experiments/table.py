@@ -14,10 +14,10 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 
+from experiments import cli
 from inforeg_jax.config import flatten
 
 # Config fields that do not change what is trained: runs that differ only in these pool.
@@ -148,4 +148,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli(main)

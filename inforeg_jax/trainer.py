@@ -596,15 +596,14 @@ def train(cfgs: Config | Sequence[Config], dataset: Dataset | None = None,
   _check_members(cfgs)
   cfg = cfgs[0]
   members = [Member(i, c, prepare_workdir(c)) for i, c in enumerate(cfgs)]
-  for m in members:
-    check_shared_workdir(m.workdir)
-    check_resume_early(m.cfg, m.workdir)
   writer = jax.process_index() == 0
   locks = []
   try:
-    if writer:
-      for m in members:
+    for m in members:
+      check_shared_workdir(m.workdir)
+      if writer:  # before anything reads the workdir: another run may be writing it
         locks.append(workdir_lib.Lock(m.workdir))
+      check_resume_early(m.cfg, m.workdir)
     summaries = _train(members, cfg, dataset, progress, files or {}, writer)
   finally:
     for lock in locks:
@@ -772,10 +771,8 @@ def _epochs(members: list[Member], cfg: Config, loop: Loop, program: Program, st
     for m in members:
       m.reporter.close(m.history, m.series, trained=trained)
 
-  elapsed = time.time() - t0
   summaries = []
   for m in members:
-    seconds = m.seconds + (elapsed if trained else 0.0)
     if not m.history:  # stopped in its first epoch: say so where its results would be
       summary = {"workdir": m.workdir, "stopped": m.stopped, "config": m.cfg.to_dict()}
       if writer and m.stopped:
@@ -783,7 +780,10 @@ def _epochs(members: list[Member], cfg: Config, loop: Loop, program: Program, st
           json.dump(json_safe(summary), f, indent=2)
       summaries.append(summary)
       continue
-    summary = _summary(m.cfg, m.history, seconds, m.workdir, m.stopped, len(members))
+    # the time through its last epoch's evaluation, as its checkpoint holds it: a finished
+    # run resumed again (re-reported) keeps it
+    summary = _summary(m.cfg, m.history, m.history[-1]["time_s"], m.workdir, m.stopped,
+                       len(members))
     if writer:
       with open(os.path.join(m.workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -356,8 +356,13 @@ def correctness(runs: list[dict], labels) -> np.ndarray | None:
 def reference(table: str, name: str) -> str:
   """The row a row is compared with: joint training, or joint training* (with unimodal
   losses) for the Table 3 methods; in Table 1 joint training for E epochs, in Table 4 the
-  method over the whole run, in Table 5 joint training with the same fusion; in the tuned
-  table, tuned joint training (or joint training*)."""
+  method over the whole run, in Table 5 joint training with the same fusion, in Figs. 7/8
+  the paper's choice (beta 0.9, K 0.04); in the tuned table, tuned joint training (or joint
+  training*)."""
+  if table == "beta":
+    return "inforeg beta=0.9"
+  if table == "threshold":
+    return "inforeg K=0.04"
   if table == "epochs":
     return "joint E"
   if table == "window":  # inside or outside the window against the whole run
@@ -369,7 +374,7 @@ def reference(table: str, name: str) -> str:
   return f"{ref} tuned" if name.endswith(" tuned") else ref
 
 
-def row_of(name: str, flags, runs: list[dict], labels, ref: dict | None) -> dict:
+def row_of(name: str, flags, runs: list[dict], labels) -> dict:
   seeds = [s["seed"] for s in runs]
   row = {"name": name, "command": command(flags, seeds), "seeds": seeds,
          "acc": stats([s["final"]["acc"] for s in runs])}
@@ -379,21 +384,27 @@ def row_of(name: str, flags, runs: list[dict], labels, ref: dict | None) -> dict
   row["selected_acc"] = stats([s["selected"]["acc"] for s in runs])
   row["selected_epoch"] = [s["selected"]["epoch"] for s in runs]
   row["train_seconds"] = stats([s["train_seconds"] for s in runs])
-  if ref is not None and ref["name"] != name and ref["_seeds"] == seeds:
-    row["reference"] = ref["name"]
-    row["minus_reference"] = paired([s["final"]["acc"] for s in runs], ref["_acc"])
-    row["minus_reference"]["ci95_with_test_examples"] = bootstrap(
-        correctness(runs, labels), ref["_correct"])
-    for m in ("audio", "visual"):
-      key = f"acc_{m}"
-      if key in runs[0]["final"] and ref.get(f"_{key}") is not None:
-        row[f"minus_reference_{key}"] = paired([s["final"][key] for s in runs], ref[f"_{key}"])
   row["_seeds"], row["_acc"] = seeds, [s["final"]["acc"] for s in runs]
   row["_correct"] = correctness(runs, labels)
   for m in ("audio", "visual"):
     if f"acc_{m}" in runs[0]["final"]:
       row[f"_acc_{m}"] = [s["final"][f"acc_{m}"] for s in runs]
   return row
+
+
+def compare(row: dict, ref: dict | None) -> None:
+  """The row minus its reference row, paired by seed (t) and by seed and test example
+  (bootstrap); per modality over seeds. Nothing when the reference is the row itself or
+  was not run on the same seeds."""
+  if ref is None or ref["name"] == row["name"] or ref["_seeds"] != row["_seeds"]:
+    return
+  row["reference"] = ref["name"]
+  row["minus_reference"] = paired(row["_acc"], ref["_acc"])
+  row["minus_reference"]["ci95_with_test_examples"] = bootstrap(row["_correct"],
+                                                                ref["_correct"])
+  for m in ("audio", "visual"):
+    if row.get(f"_acc_{m}") is not None and ref.get(f"_acc_{m}") is not None:
+      row[f"minus_reference_acc_{m}"] = paired(row[f"_acc_{m}"], ref[f"_acc_{m}"])
 
 
 def public(row: dict) -> dict:
@@ -583,21 +594,21 @@ def main(argv=None) -> int:
         if any(r is None or "final" not in r for r in runs_):
           missing.append(name)
           continue
-        row = row_of(name, row_flags, runs_, labels, made.get(reference(t, name)))
+        row = row_of(name, row_flags, runs_, labels)
         if flags is None:
           row["chosen"] = " ".join(f[2:] for f in best)
           row["tuning"] = {"seeds": list(TUNING_SEEDS if m in KEY_GRID else
                                          TUNING_SEEDS_NO_KEY),
                            "val_acc_by_setting": means}
-          default = made.get(m)
-          if default is None:  # the default rows come after: compute the difference below
-            row["_default_of"] = m
         made[name] = row
         out.append(row)
-      for row in out:  # tuned minus its own defaults, paired by seed
-        m = row.pop("_default_of", None)
-        if m and m in made:
-          row["minus_default"] = paired(row["_acc"], made[m]["_acc"])
+      for row in out:  # once every row is made: a reference may come later in the table
+        compare(row, made.get(reference(t, row["name"])))
+        if row.get("chosen") and row["name"].split()[0] in made:  # tuned minus its defaults
+          default = made[row["name"].split()[0]]
+          row["minus_default"] = paired(row["_acc"], default["_acc"])
+          row["minus_default"]["ci95_with_test_examples"] = bootstrap(row["_correct"],
+                                                                      default["_correct"])
       if missing:
         print(f"{n} / {t}: not every seed has run for {', '.join(missing)}: left out")
       doc["not_run"][t] = missing

@@ -101,6 +101,22 @@ def test_the_protocol_chooses_on_validation_then_runs_the_reported_seeds(tmp_pat
                                   for m in ("joint", "inforeg") for s in (0, 1))
 
 
+def test_a_sweep_is_compared_with_the_papers_value_even_when_it_comes_later(tmp_path,
+                                                                             fake_runs,
+                                                                             monkeypatch):
+  """Figs. 7/8: each beta against beta 0.9 (the paper's), paired by seed, though 0.9 is the
+  last row; the paper's own row has no difference."""
+  monkeypatch.setattr(results, "rows", lambda t: [
+      (f"inforeg beta={b}", ["--method=inforeg", f"--inforeg.beta={b}"]) for b in (0.3, 0.9)])
+  assert results.main(["--tables=beta", "--datasets=synthetic", "--seeds=0,1,2", "--jobs=1",
+                       f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]) == 0
+  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
+  row = {r["name"]: r for r in doc["tables"]["beta"]}
+  assert row["inforeg beta=0.3"]["reference"] == "inforeg beta=0.9"
+  assert row["inforeg beta=0.3"]["minus_reference"]["per_seed"] == [0.0, 0.0, 0.0]
+  assert "minus_reference" not in row["inforeg beta=0.9"]
+
+
 def test_a_summary_of_another_seed_is_refused(tmp_path, fake_runs):
   workdir = tmp_path / "runs" / "synthetic" / "joint" / "seed1"
   workdir.mkdir(parents=True)

@@ -43,6 +43,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -230,6 +231,23 @@ def populations(runs: list[Run]) -> list[list[Run]]:
   return out
 
 
+def resumable(members: list[Run]) -> bool:
+  """Whether a population resumes: when a member has saved a checkpoint. A member that holds
+  the start of a run and neither a checkpoint nor a summary (killed before its first save,
+  every ``CHECKPOINT_EVERY`` epochs) has nothing to continue from, and ``--resume`` rightly
+  refuses such a folder: it is emptied (the engine's folders hold only its own runs) and the
+  member starts afresh."""
+  saved = False
+  for m in members:
+    ckpts = os.path.join(m.workdir, "checkpoints")
+    if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
+      saved = True
+    elif os.path.isdir(m.workdir) and not os.path.exists(os.path.join(m.workdir,
+                                                                      "summary.json")):
+      shutil.rmtree(m.workdir)
+  return saved
+
+
 def train_population(members: list[Run], log_path: str) -> list[dict]:
   """Trains one population (in a worker process) and returns its members' summaries."""
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -241,7 +259,7 @@ def train_population(members: list[Run], log_path: str) -> list[dict]:
       from inforeg_jax.config import parse_flags
       from inforeg_jax.trainer import train
       enable_compilation_cache()
-      resume = any(os.path.isdir(os.path.join(m.workdir, "checkpoints")) for m in members)
+      resume = resumable(members)
       cfgs = [parse_flags(list(m.flags) + [f"--seed={m.seed}", f"--workdir={m.workdir}",
                                            f"--checkpoint_every={CHECKPOINT_EVERY}"]
                           + (["--resume"] if resume else ["--overwrite"]))[0] for m in members]

@@ -221,3 +221,19 @@ def test_a_real_tiny_population_through_the_engine(tmp_path, monkeypatch):
   assert all(done[r.workdir]["population"] == 2 for r in runs)
   assert np.load(tmp_path / "seed1" / "test_predictions.npy").shape == (1000,)
   assert results.run_all(runs, 1, str(tmp_path), False) == done
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
+  """--resume refuses a folder with metrics but no checkpoint (it could be a finished run
+  whose checkpoints were lost); the engine's own unfinished run of that kind is emptied and
+  trained from the start instead of failing its population."""
+  killed = tmp_path / "killed" / "seed0"
+  (killed / "checkpoints").mkdir(parents=True)
+  (killed / "metrics.jsonl").write_text('{"epoch": 0}\n')
+  run = results.Run(("--method=joint",), 0, str(killed))
+  assert results.resumable([run]) is False and not killed.exists()
+  saved = tmp_path / "saved" / "seed0"
+  (saved / "checkpoints" / "4").mkdir(parents=True)
+  (saved / "metrics.jsonl").write_text('{"epoch": 0}\n')
+  assert results.resumable([results.Run(("--method=joint",), 0, str(saved))]) is True
+  assert (saved / "metrics.jsonl").exists()

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     print(f"error: experiments.run needs JAX ({e.name} is missing): pip install -e '.[train]'",
           file=sys.stderr)
     return 2
-  except Exception as e:  # noqa: BLE001 (JAX raises RuntimeError or, for an unknown platform, AssertionError)
+  except Exception as e:  # RuntimeError, or AssertionError for an unknown platform
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: JAX has no usable backend here (JAX_PLATFORMS="
           f"{os.environ.get('JAX_PLATFORMS', '')!r}): {first}", file=sys.stderr)

@@ -306,15 +306,19 @@ def run_all(runs: list[Run], jobs: int, out: str, tty: bool) -> dict[str, dict]:
     with concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_worker_init,
         initargs=(True, os.path.join(out, ".jax_cache"))) as pool:
-      futures = {pool.submit(train_population, members, log): members
+      futures = {pool.submit(train_population, members, log): (members, log)
                  for members, log in zip(pops, logs)}
       for f in concurrent.futures.as_completed(futures):
-        members = futures[f]
+        members, log = futures[f]
         try:
           summaries = f.result()
-        except Exception as e:
-          raise RuntimeError(f"a population of {len(members)} ({' '.join(members[0].flags)}) "
-                             f"failed: {e}") from None
+        except Exception as e:  # pending ones are cancelled, running ones finish (kept)
+          for other in futures:
+            other.cancel()
+          raise SystemExit(f"error: a population of {len(members)} ("
+                           f"{' '.join(members[0].flags)}) failed: {e} (its log: {log}); "
+                           "the runs that finished are kept: run the command again to "
+                           "continue") from None
         finish(members, summaries)
   bar.close()
   return done

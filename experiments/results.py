@@ -578,8 +578,11 @@ def main(argv=None) -> int:
   final = {(n, m): [run_of(n, [f"--method={m}", *best], s,
                            os.path.join(args.out, n, "tuned", m)) for s in seeds]
            for (n, m), (best, _) in chosen.items()}
-  if final and not args.report_only:
-    done.update(run_all([r for v in final.values() for r in v], args.jobs, args.out, tty))
+  finals = [r for v in final.values() for r in v]
+  if args.report_only:
+    done.update({r.workdir: s for r in finals for s in [finished(r)] if s is not None})
+  elif finals:
+    done.update(run_all(finals, args.jobs, args.out, tty))
 
   os.makedirs(args.docs, exist_ok=True)
   from inforeg_jax.data import load_dataset

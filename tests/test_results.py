@@ -99,6 +99,13 @@ def test_the_protocol_chooses_on_validation_then_runs_the_reported_seeds(tmp_pat
   finals = [w for _, _, w in members(fake_runs) if "/tuned/" in w]
   assert sorted(finals) == sorted(f"{tmp_path}/runs/synthetic/tuned/{m}/seed{s}"
                                   for m in ("joint", "inforeg") for s in (0, 1))
+  # --report-only tabulates the same rows from the finished runs, the tuned ones included
+  fake_runs.clear()
+  (tmp_path / "docs" / "synthetic.json").unlink()
+  assert results.main(argv + ["--report-only"]) == 0 and fake_runs == []
+  again = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
+  assert again["tables"]["tuned"] == doc["tables"]["tuned"]
+  assert again["not_run"]["tuned"] == []
 
 
 def test_a_sweep_is_compared_with_the_papers_value_even_when_it_comes_later(tmp_path,

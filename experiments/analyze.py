@@ -40,6 +40,7 @@ try:
   from inforeg_jax.config import from_dict, make_config
   from inforeg_jax.data import load_dataset, pipeline, select_modalities
   from inforeg_jax.data.records import MissingDataError
+  from inforeg_jax.regulation import default_threshold
   from inforeg_jax.train import cross_entropy
   from inforeg_jax.trainer import build_program, make_mesh, member_slice
 except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
@@ -175,8 +176,10 @@ def windows(runs: list[str], out: str) -> dict:
   for run in runs:
     rows = read_rows(run)
     s = read_summary(run)
-    threshold = (s or {}).get("config", {}).get("threshold")
-    threshold = 0.04 if threshold is None else threshold
+    config = (s or {}).get("config", {})
+    threshold = config.get("threshold")
+    if threshold is None:  # the run's K, resolved as the run resolved it
+      threshold = default_threshold(config.get("inforeg", {}).get("variant", "paper"))
     stats = {}
     for key in rows[0]:
       if not key.startswith("window_"):

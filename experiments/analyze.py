@@ -42,7 +42,7 @@ try:
   from inforeg_jax.data.records import MissingDataError
   from inforeg_jax.regulation import default_threshold
   from inforeg_jax.train import cross_entropy
-  from inforeg_jax.trainer import build_program, make_mesh, member_slice
+  from inforeg_jax.program import build_program, make_mesh, member_slice
 except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
   if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
     raise

@@ -30,16 +30,25 @@ from experiments import cli
 from inforeg_jax.config import DATASETS, make_config
 from inforeg_jax.methods import names as method_names
 
-try:  # orbax, tqdm, matplotlib, ...: the [train] extra
-  from inforeg_jax.data import Dataset, load_dataset
-  from inforeg_jax.data.augment import frames_preprocess
-  from inforeg_jax.trainer import build_program, to_global
-except ModuleNotFoundError as e:
-  if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
-    raise
-  raise SystemExit("error: experiments.bench needs the [train] extra: "
-                   "pip install -e '.[train]'") from None
+from inforeg_jax.data import Dataset, load_dataset
+from inforeg_jax.data.augment import frames_preprocess
+from inforeg_jax.program import build_program, to_global
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def train_extra():
+  """The trainer (whole runs: orbax, tqdm, matplotlib, ...), or one line naming the [train]
+  extra: the step bench needs the core install only (a bare GPU image has no grain)."""
+  try:
+    import grain  # noqa: F401
+
+    from inforeg_jax.trainer import train
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
+      raise
+    raise SystemExit("error: experiments.bench needs the [train] extra: "
+                     "pip install -e '.[train]'") from None
+  return train
 
 DTYPES = ("float32", "bfloat16")
 
@@ -89,10 +98,18 @@ def member_configs(args, method: str, members: int, **overrides):
                       **encoder, **own, **overrides) for s in range(members)]
 
 
+def step_inputs(program):
+  """(state, hyper) as ``program``'s compiled step takes them: the stacked population's when
+  vectorised, else member 0's."""
+  if program.vectorised:
+    return program.state, program.place(program.hyper)
+  return program.unstack(program.state)[0], program.member_hypers()[0]
+
+
 def time_steps(program, batch, warmup: int, steps: int):
   """(seconds a step, the last step's metrics) of ``program``'s train step on ``batch``."""
-  state, step = program.state, program.train_step
-  hp = jax.device_put(program.hp, NamedSharding(program.mesh, P("pop")))
+  step = program._train_step
+  state, hp = step_inputs(program)
   for _ in range(warmup):
     state, m = step(state, batch, hp)
   jax.block_until_ready(state)
@@ -104,9 +121,12 @@ def time_steps(program, batch, warmup: int, steps: int):
 
 
 def population_batch(program, ds, members: int):
-  """Every member's first batch, [members, B, ...], laid out as the program reads it."""
+  """The first batch as the program reads it: every member's, [members, B, ...], when
+  vectorised, else one member's."""
   one = {"inputs": {k: v for k, v in ds.train.items() if k != "label"},
          "label": ds.train["label"]}
+  if not program.vectorised:
+    return to_global(one, NamedSharding(program.mesh, P("data")))
   stacked = jax.tree.map(lambda x: np.stack([x] * members), one)
   return to_global(stacked, NamedSharding(program.mesh, P("pop", "data")))
 
@@ -120,8 +140,8 @@ def bench_step(args) -> list[dict]:
       [cfg] = member_configs(args, method, 1, compute_dtype=dtype, batch_size=batch_size)
       program = build_program(cfg, ds, steps_per_epoch=1000)
       batch = population_batch(program, ds, 1)
-      hp = jax.device_put(program.hp, NamedSharding(program.mesh, P("pop")))
-      cost = program.train_step.lower(program.state, batch, hp).compile().cost_analysis()
+      cost = program._train_step.lower(*step_inputs(program)[:1], batch,
+                                       step_inputs(program)[1]).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       flops = float(cost.get("flops", 0.0)) if cost else 0.0
       dt, m = time_steps(program, batch, args.warmup, args.steps)
@@ -143,17 +163,17 @@ def bench_population(args) -> list[dict]:
   --run_epochs, also whole runs (`trainer.train`: evaluation, checkpoints, outputs) of the N
   members against N single runs in turn. And the peer, a PyTorch eager loop of the same
   AV-MNIST preset model, when torch is installed."""
-  from inforeg_jax.trainer import train
+  train = train_extra()
   batch_size = args.batch_size or (8 if args.tiny else 64)
   ds = bench_dataset(args, batch_size)
   rows = []
   for method in args.methods.split(","):
     [single_cfg] = member_configs(args, method, 1, batch_size=batch_size)
-    single = build_program(single_cfg, ds, steps_per_epoch=1000)
+    single = build_program(single_cfg, ds, steps_per_epoch=1000, execution="sequential")
     single_dt, _ = time_steps(single, population_batch(single, ds, 1), args.warmup, args.steps)
     for n in [int(x) for x in args.members.split(",")]:
       cfgs = member_configs(args, method, n, batch_size=batch_size)
-      program = build_program(cfgs, ds, steps_per_epoch=1000)
+      program = build_program(cfgs, ds, steps_per_epoch=1000, execution="vectorised")
       dt, _ = time_steps(program, population_batch(program, ds, n), args.warmup, args.steps)
       row = {"dataset": args.dataset, "method": method, "members": n,
              "batch_size": batch_size, "width": cfgs[0].width,
@@ -250,6 +270,7 @@ def torch_peer(args, ds, batch_size: int) -> dict:
 
 def bench_input(args) -> list[dict]:
   from inforeg_jax.data import pipeline, records
+  train_extra()  # grain
   batch_size = args.batch_size or 64
   if args.data_dir:
     arrays = records.load_prepared(args.dataset, args.data_dir).train

@@ -23,7 +23,8 @@ from inforeg_jax.config import config_differences, from_dict, parse_flags
 
 try:
   from inforeg_jax.data.records import MissingDataError
-  from inforeg_jax.trainer import RunError, check_resume_early, train
+  from inforeg_jax.members import check_resume_early
+  from inforeg_jax.trainer import RunError, train
 except ModuleNotFoundError as e:  # the core install: no orbax, grain, tqdm, ...
   if (e.name or "").split(".")[0] in ("inforeg_jax", "experiments"):
     raise

@@ -86,6 +86,11 @@ class Config:
   checkpoint_every: int = option(1, "save a checkpoint after every this many epochs (and the "
                                  "last); a resumed run repeats at most this many, exactly",
                                  minimum=1)
+  execution: str = option("auto", "how a population's members run: sequential (one after "
+                          "another, each member bit for bit its single run) or vectorised "
+                          "(jax.vmap over the members, faster on accelerators); auto: "
+                          "sequential on the CPU, vectorised elsewhere",
+                          choices=("auto", "sequential", "vectorised"))
   skip_nonfinite: bool = option(False, "skip (and count) steps with a non-finite loss or Tr(F) "
                                 "instead of stopping the run (it stops all the same when more "
                                 "than a tenth of an epoch's steps are skipped)")

@@ -1,11 +1,11 @@
 """The jitted core: train state, one training step, one evaluation step, for one member.
 
-``train_step(state, batch, hp) -> (state, metrics)``: the method's objective (one forward
+``train_step(state, batch, hyper) -> (state, metrics)``: the method's objective (one forward
 pass, or more where the method needs them), its gradients, Tr(F_m)'s batch term computed once
 (Eq. 7), the optimizer (InfoReg or a baseline's transformation first in it) in the same jit.
-``hp`` holds the member's hyperparameters that a population varies (`config.member_fields`):
-the method and the optimizer are built from them inside the step, so that one compiled program
-trains every member (`inforeg_jax.trainer` vmaps these functions over a member axis).
+The method and the optimizer are built once (`build_method`); ``hyper`` holds the member's
+values that a population varies (`inforeg_jax.hyper.Hyper`), arrays given to the step, so
+that one compiled program trains every member (`inforeg_jax.program`).
 metrics is a flat dict of scalars: loss, each modality's unimodal loss and accuracy, each
 modality's gradient-squared norm, the window flag the optimizer applied, ``finite`` and the
 method's own. No host sync and no per-method branch: the method's hooks
@@ -18,8 +18,7 @@ their length); ``metrics["finite"]`` tells the loop, which stops the member or c
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -27,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from inforeg_jax import config as config_lib
+from inforeg_jax import hyper as hyper_lib
 from inforeg_jax import methods, window
+from inforeg_jax.hyper import Hyper
 from inforeg_jax.methods.base import Method, Setup, StepContext, cross_entropy
 
 Batch = dict[str, jax.Array]
@@ -44,55 +44,65 @@ class TrainState:
   method_state: Any  # the method's own state outside the optimizer (`Method.init_state`)
 
 
-def make_optimizer(cfg, method: Method, labels, steps_per_epoch: int):
+class TransformInputs(NamedTuple):
+  """What the optimizer's transformations read at each update besides the gradient: typed,
+  so that a misspelt input is an error when the step is traced, never an input ignored."""
+
+  hyper: Hyper  # the member's values (a transformation's numbers: beta, K, alpha, ...)
+  grad_sq: jax.Array  # f32[M], this step's ||g_m||^2 (Eq. 7, 13)
+  modulate: jax.Array  # bool: the window gate (Table 4)
+  unimodal_losses: dict | None = None  # {m: batch-mean unimodal CE} (Eq. 8)
+  unimodal_scores: dict | None = None  # {m: batch sum of true-class probabilities}
+
+
+class Optimizer:
   """[the method's transformations] -> weight decay -> SGD with momentum and StepLR, as the
-  released code (the regulation acts on the gradient before weight decay and momentum)."""
-  schedule = optax.piecewise_constant_schedule(
-      cfg.learning_rate,
-      {k * cfg.lr_step_epochs * steps_per_epoch: cfg.lr_decay
-       for k in range(1, cfg.epochs // cfg.lr_step_epochs + 1)})
-  return optax.chain(*method.transforms(labels), optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(schedule, cfg.momentum))
+  released code (the regulation acts on the gradient before weight decay and momentum).
+  Built once from the shared config; a member's numbers (`Hyper`) come with each call."""
+
+  def __init__(self, method: Method, labels):
+    self.method, self.labels = method, labels  # labels: the params' modality labels
+
+  def chain(self, hyper: Hyper) -> optax.GradientTransformationExtraArgs:
+    """The member's chain (its values traced inside a step)."""
+    cfg, spe = self.method.cfg, self.method.setup.steps_per_epoch
+    schedule = optax.piecewise_constant_schedule(
+        hyper.learning_rate,
+        {k * cfg.lr_step_epochs * spe: cfg.lr_decay
+         for k in range(1, cfg.epochs // cfg.lr_step_epochs + 1)})
+    return optax.chain(*self.method.transforms(self.labels, hyper),
+                       optax.add_decayed_weights(hyper.weight_decay),
+                       optax.sgd(schedule, hyper.momentum))
+
+  def init(self, params, hyper: Hyper):
+    return self.chain(hyper).init(params)
+
+  def update(self, updates, state, params, inputs: TransformInputs):
+    return self.chain(inputs.hyper).update(updates, state, params, **inputs._asdict())
 
 
-@dataclasses.dataclass(frozen=True)
-class MemberBuilder:
-  """Builds a member's method and optimizer from its hyperparameters ``hp`` (plain numbers,
-  or traced arrays inside the step): the rest of the config is ``cfg``, shared by all."""
-
-  cfg: Any
-  setup: Setup
-  labels: Any  # the params' modality labels (`labels.modality_labels`)
-
-  def config(self, hp: dict | None = None):
-    return self.cfg if hp is None else config_lib.with_member_values(self.cfg, hp)
-
-  def method(self, hp: dict | None = None) -> Method:
-    cfg = self.config(hp)
-    return methods.get(cfg.method)(cfg, self.setup)
-
-  def build(self, hp: dict | None = None):
-    """(method, optimizer) of the member with ``hp``."""
-    method = self.method(hp)
-    return method, make_optimizer(method.cfg, method, self.labels, self.setup.steps_per_epoch)
+def build_method(cfg, setup: Setup) -> Method:
+  """The run's method, built once from ``cfg`` with its member-wise values as markers
+  (`hyper.static_config`): every member's numbers come as a `Hyper`."""
+  return methods.get(cfg.method)(hyper_lib.static_config(cfg), setup)
 
 
-def member_rng(hp) -> jax.Array:
+def member_rng(hyper: Hyper) -> jax.Array:
   """The member's step key (the stream its augmentation and dropout draw from)."""
-  return jax.random.fold_in(jax.random.key(hp["seed"]), 1)
+  return jax.random.fold_in(jax.random.key(hyper.seed), 1)
 
 
-def make_create_state(model: nn.Module, builder: MemberBuilder, example_inputs):
-  """``create_state(hp) -> TrainState``: the member's initial state from its seed."""
+def make_create_state(model: nn.Module, method: Method, optimizer: Optimizer, example_inputs):
+  """``create_state(hyper) -> TrainState``: the member's initial state from its seed."""
 
-  def create_state(hp):
-    method, tx = builder.build(hp)
-    rng = jax.random.key(hp["seed"])
+  def create_state(hyper: Hyper):
+    rng = jax.random.key(hyper.seed)
     variables = model.init({"params": rng, "dropout": rng}, example_inputs, train=False)
     params = variables["params"]
     out = model.apply(variables, example_inputs, train=False)
     return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=optimizer.init(params, hyper),
                       method_state=method.init_state(params, out))
 
   return create_state
@@ -122,23 +132,24 @@ def _where(ok, new, old):
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def make_train_step(model: nn.Module, builder: MemberBuilder, flat_labels: Sequence,
-                    preprocess: Preprocess | None = None):
-  """Builds ``train_step(state, batch, hp)`` for one member; vmap and jit it (`trainer`)."""
-  setup = builder.setup
+def make_train_step(model: nn.Module, method: Method, optimizer: Optimizer,
+                    flat_labels: Sequence, preprocess: Preprocess | None = None):
+  """Builds ``train_step(state, batch, hyper)`` for one member; jit it, or vmap it over a
+  population's members (`program`)."""
+  setup = method.setup
   modalities = setup.modalities
 
-  def train_step(state: TrainState, batch: Batch, hp):
-    method, tx = builder.build(hp)
-    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(member_rng(hp), state.step))
+  def train_step(state: TrainState, batch: Batch, hyper: Hyper):
+    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(member_rng(hyper), state.step))
     if preprocess is not None:
       batch = preprocess(batch, aug_rng, True)
     # The window gate for this step (Table 4), from the flags the optimizer's window
     # transformation will use (`window.upcoming`: its own rule, the epochs closed so far).
-    upcoming = window.upcoming(window.find_window(state.opt_state), method.window_rule,
+    upcoming = window.upcoming(window.find_window(state.opt_state), method.window_rule(hyper),
                                setup.steps_per_epoch)
     active = window.gate(jnp.any(upcoming), setup.window)
-    ctx = StepContext(step=state.step, epoch=state.step // setup.steps_per_epoch, active=active)
+    ctx = StepContext(step=state.step, epoch=state.step // setup.steps_per_epoch, active=active,
+                      hyper=hyper)
 
     fwd = make_forward(model, state.batch_stats, dropout_rng)
     terms, vjp_fn, obj = jax.vjp(
@@ -151,9 +162,9 @@ def make_train_step(model: nn.Module, builder: MemberBuilder, flat_labels: Seque
 
     safe = lambda tree: jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), tree)
     update = safe(grads.update)
-    updates, opt_state = tx.update(
-        update, state.opt_state, state.params, grad_sq=safe(grad_sq), modulate=active,
-        **safe(method.transform_inputs(obj, batch, ctx)))
+    inputs = TransformInputs(hyper, safe(grad_sq), active)._replace(
+        **safe(method.transform_inputs(obj, batch, ctx)))  # an unknown name: ValueError
+    updates, opt_state = optimizer.update(update, state.opt_state, state.params, inputs)
     params = optax.apply_updates(state.params, updates)
     method_state = _where(finite, method.after_step(state.method_state, obj, update, ctx),
                           state.method_state)
@@ -219,6 +230,6 @@ def make_eval_step(model: nn.Module, modalities: Sequence[str],
   return eval_step
 
 
-__all__ = ["TrainState", "MemberBuilder", "make_optimizer", "make_create_state",
+__all__ = ["TrainState", "TransformInputs", "Optimizer", "build_method", "make_create_state",
            "make_train_step", "make_eval_step", "make_predict", "make_forward", "member_rng",
            "cross_entropy", "accuracy"]

@@ -58,7 +58,7 @@ def agm_objective(method, active, epoch=2, last=(1.0, 1.0)):
   state = {"running_scores": jnp.array([0.4, 2.0]),  # far from this batch's: coefs != 1
            "last_coefs": jnp.asarray(last, jnp.float32)}
   ctx = StepContext(step=jnp.int32(2 * epoch + 1), epoch=jnp.int32(epoch),
-                    active=jnp.asarray(active))
+                    active=jnp.asarray(active), hyper=types.SimpleNamespace(method=method.options))
   obj = method.objective(fwd, variables["params"], state, batch, ctx)
   coefs = np.array([obj.metrics["coef_audio"], obj.metrics["coef_visual"]])
   after = method.after_step(state, obj, None, ctx)

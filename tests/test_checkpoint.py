@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inforeg_jax import checkpoint, trainer
+from inforeg_jax import checkpoint
+from inforeg_jax import members as members_lib
+from inforeg_jax.workdir import RunError
 from inforeg_jax.config import make_config
 
 
@@ -96,32 +98,32 @@ def test_trainer_restore_checks_the_config(tmp_path):
   cfg = make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.1)
   mngr = checkpoint.manager(str(tmp_path))
   save_epochs(mngr, range(3), best=lambda e: e, config=cfg.to_dict())
-  assert trainer.restore(cfg, mngr, state_of(0)) is None  # no --resume: a fresh run
-  state, loop = trainer.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.1,
+  assert members_lib.restore(cfg, mngr, state_of(0)) is None  # no --resume: a fresh run
+  state, loop = members_lib.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.1,
                                             resume=True), mngr, state_of(0))
   assert int(state["step"]) == 2
   # --epochs may grow, not shrink below what is done
-  assert trainer.restore(make_config(workdir=str(tmp_path), epochs=9, learning_rate=0.1,
+  assert members_lib.restore(make_config(workdir=str(tmp_path), epochs=9, learning_rate=0.1,
                                      resume=True), mngr, state_of(0)) is not None
-  trainer.restore(make_config(workdir=str(tmp_path), epochs=3, learning_rate=0.1, resume=True),
+  members_lib.restore(make_config(workdir=str(tmp_path), epochs=3, learning_rate=0.1, resume=True),
                   mngr, state_of(0))
-  with pytest.raises(trainer.RunError, match="--epochs >= 3"):
-    trainer.restore(make_config(workdir=str(tmp_path), epochs=2, learning_rate=0.1,
+  with pytest.raises(RunError, match="--epochs >= 3"):
+    members_lib.restore(make_config(workdir=str(tmp_path), epochs=2, learning_rate=0.1,
                                 resume=True), mngr, state_of(0))
-  with pytest.raises(trainer.RunError, match="--learning_rate=0.1 -> 0.2"):  # saved -> asked
-    trainer.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.2,
+  with pytest.raises(RunError, match="--learning_rate=0.1 -> 0.2"):  # saved -> asked
+    members_lib.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.2,
                                 resume=True), mngr, state_of(0))
   for step in (0, 1, 2):
     damage(tmp_path, step, "loop")
-  with pytest.raises(trainer.RunError, match="--overwrite"):
-    trainer.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.1,
+  with pytest.raises(RunError, match="--overwrite"):
+    members_lib.restore(make_config(workdir=str(tmp_path), epochs=4, learning_rate=0.1,
                                 resume=True), mngr, state_of(0))
   mngr.close()
 
 
 def test_trainer_restore_of_an_empty_workdir_starts_afresh(tmp_path, capsys):
   mngr = checkpoint.manager(str(tmp_path))
-  assert trainer.restore(make_config(workdir=str(tmp_path), resume=True), mngr,
+  assert members_lib.restore(make_config(workdir=str(tmp_path), resume=True), mngr,
                          state_of(0)) is None
   assert "no checkpoint yet" in capsys.readouterr().out
   mngr.close()

@@ -39,7 +39,9 @@ from inforeg_jax.methods.agm import (AGM, coefficients, conditional_clip, modula
 from inforeg_jax import config
 from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.options import AGMOptions
-from inforeg_jax.train import MemberBuilder, TrainState, make_forward, make_train_step
+from inforeg_jax.hyper import hyper_of
+from inforeg_jax.train import (Optimizer, TrainState, build_method, make_forward,
+                               make_train_step)
 from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "agm.json")))
@@ -87,10 +89,12 @@ SEQUENCE_CASES = [n for n, c in CASES.items()
 def rule_step(mods, scores, running, alpha, clamp, step):
   """ratio, target, coefficients, and the running means after `AGM.after_step`'s update
   (iteration = the global step + 1) and after `update_running` itself."""
-  ctx = StepContext(step=step, epoch=jnp.zeros([], jnp.int32), active=jnp.asarray(True))
+  m = agm_method(mods, 1.0)
+  ctx = StepContext(step=step, epoch=jnp.zeros([], jnp.int32), active=jnp.asarray(True),
+                    hyper=types.SimpleNamespace(method=m.options))
   obj = Objective(jnp.zeros(1), {}, {}, 0.0, {}, None,
                   carry={"scores": scores, "last_coefs": jnp.ones_like(scores)})
-  after = agm_method(mods, 1.0).after_step(
+  after = m.after_step(
       {"running_scores": running, "last_coefs": jnp.ones_like(scores)}, obj, None, ctx)
   return (ratios(scores), ratios(running), coefficients(scores, running, alpha, clamp),
           after["running_scores"], update_running(running, scores, step + 1))
@@ -339,13 +343,14 @@ def tiny_program():
   cfg = config.make_config(method="agm", learning_rate=0.05, momentum=0.9, weight_decay=1e-4,
                            epochs=10, lr_step_epochs=10, window="whole",
                            **{"agm.alpha": 1.5})
-  builder = MemberBuilder(cfg, Setup(MODS2, 3, steps_per_epoch=2, window="whole"), labels)
-  method, tx = builder.build()
-  hp = config.member_values(cfg)
-  train_step = make_train_step(model, builder, flat_labels)
+  method = build_method(cfg, Setup(MODS2, 3, steps_per_epoch=2, window="whole"))
+  tx = Optimizer(method, labels)
+  hp = hyper_of(cfg)
+  train_step = make_train_step(model, method, tx, flat_labels)
 
   def parts(state, batch):
-    ctx = StepContext(step=state.step, epoch=state.step // 2, active=jnp.asarray(True))
+    ctx = StepContext(step=state.step, epoch=state.step // 2, active=jnp.asarray(True),
+                      hyper=hp)
     fwd = make_forward(model, state.batch_stats, jax.random.key(0))
     terms, vjp_fn, obj = jax.vjp(
         lambda p: (lambda o: (o.terms, o))(
@@ -366,7 +371,7 @@ def tiny_program():
   def step(state, batch):
     return parts(state, batch), train_step(state, batch, hp)
 
-  return method, tx, step
+  return method, types.SimpleNamespace(init=lambda params: tx.init(params, hp)), step
 
 
 @pytest.mark.parametrize("name", ["tiny_model_3_steps_no_clip", "tiny_model_3_steps_clip"])

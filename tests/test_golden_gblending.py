@@ -186,7 +186,7 @@ def test_defaults_are_the_online_reference():
 
 
 class GoldenLoop:
-  """`trainer.Loop` as `GBlending.recompute` uses it, for a population of one member: a trial
+  """`loop.Loop` as `GBlending.recompute` uses it, for a population of one member: a trial
   epoch's training steps report the golden's batch losses of that head and epoch, and its
   held-out evaluation their sum (as the mean loss over ``batches`` equal batches)."""
 
@@ -200,6 +200,9 @@ class GoldenLoop:
 
   def place(self, tree):
     return tree
+
+  def step_records(self, records):
+    return records
 
   def init_opt_state(self, params):
     return {"fresh": 0}

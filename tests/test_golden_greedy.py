@@ -45,12 +45,12 @@ import numpy as np
 
 from inforeg_jax import config
 from inforeg_jax.labels import modality_labels, resolve_labels
-from inforeg_jax.methods import get
 from inforeg_jax.methods.base import Objective, Setup, StepContext
 from inforeg_jax.methods.greedy import (MMTM, Greedy, _excite, _squeeze, bdr, learning_speeds,
                                         next_phase)
 from inforeg_jax.methods.options import GreedyOptions
-from inforeg_jax.train import MemberBuilder, make_create_state, make_train_step
+from inforeg_jax.hyper import hyper_of
+from inforeg_jax.train import Optimizer, build_method, make_create_state, make_train_step
 from tests.golden.compare import arr, close
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "greedy.json")))
@@ -191,7 +191,8 @@ def test_official_mmtm_sequence():
     grads = greedy_tree(g_params, 1.0)
     obj = Objective(jnp.zeros(1), {"mmtm_running": (new_running,)}, {}, 0.0, {}, None,
                     carry=greedy_tree(params, 1.0))
-    ctx = StepContext(step=jnp.asarray(k), epoch=jnp.asarray(0), active=jnp.asarray(True))
+    ctx = StepContext(step=jnp.asarray(k), epoch=jnp.asarray(0), active=jnp.asarray(True),
+                      hyper=hyper_of(config.make_config(method="greedy")))
     state = after_step(state, obj, grads, ctx)
     assert float(state["count"]) == e["step_after"]
     np.testing.assert_array_equal(state["running"][0], new_running)
@@ -356,7 +357,8 @@ def run_after_step(params, grads, *, spe, start_epoch, threshold, window):
 
   def body(state, xs):
     k, p, g = xs
-    ctx = StepContext(step=k, epoch=k // spe, active=jnp.asarray(True))
+    ctx = StepContext(step=k, epoch=k // spe, active=jnp.asarray(True),
+                      hyper=types.SimpleNamespace(method=method.options))
     obj = Objective(jnp.zeros(1), {"mmtm_running": ()}, {}, 0.0, {}, None, carry=p)
     new = method.after_step(state, obj, g, ctx)
     return new, (state["phase"], new["phase"])
@@ -454,7 +456,7 @@ def test_curation_step_cuts_the_caring_modality_fc_gradient():
   in a curation step while everything else moves; in a normal step every fc moves."""
   cfg = config.make_config("synthetic", tiny=True, method="greedy", learning_rate=1.0,
                            momentum=0.0, weight_decay=0.0)
-  method = get("greedy")(cfg, Setup(MODS, 6, steps_per_epoch=2, window="whole"))
+  method = build_method(cfg, Setup(MODS, 6, steps_per_epoch=2, window="whole"))
   model = method.build_model(types.SimpleNamespace(
       kinds={"audio": "spectrogram", "visual": "frames"}, num_classes=6))
   rng = np.random.default_rng(0)
@@ -463,12 +465,12 @@ def test_curation_step_cuts_the_caring_modality_fc_gradient():
            "label": jnp.asarray([0, 1, 2, 3], jnp.int32)}
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch["inputs"]))["params"]
   labels = modality_labels(params, MODS)
-  builder = MemberBuilder(cfg, method.setup, labels)  # plain SGD at lr 1
-  hp = config.member_values(cfg)
-  state = jax.jit(make_create_state(model, builder, batch["inputs"]))(hp)
+  optimizer = Optimizer(method, labels)  # plain SGD at lr 1
+  hp = hyper_of(cfg)
+  state = jax.jit(make_create_state(model, method, optimizer, batch["inputs"]))(hp)
   mmtms = sorted(k for k in state.params if k.startswith("mmtm"))
   assert mmtms == ["mmtm1", "mmtm2"]  # SmallCNN (3 stages): after every stage but the first
-  step = jax.jit(make_train_step(model, builder, resolve_labels(labels, params)))
+  step = jax.jit(make_train_step(model, method, optimizer, resolve_labels(labels, params)))
   state = state.replace(step=jnp.asarray(2, jnp.int32))  # epoch 1: past the warm-up epoch
   for curation, caring in ((False, 0), (True, 0), (True, 1)):
     phase = {**state.method_state["phase"], "curation": jnp.asarray(curation),

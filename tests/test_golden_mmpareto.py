@@ -91,10 +91,11 @@ def through_method(g_mm, g_uni, flat_labels):
   def vjp_fn(ct):
     return (jax.tree.map(lambda a, b: ct[0] * a + ct[1] * b, g_mm, g_uni),)
 
+  m = method()
   ctx = StepContext(step=jnp.zeros([], jnp.int32), epoch=jnp.zeros([], jnp.int32),
-                    active=jnp.asarray(True))
+                    active=jnp.asarray(True), hyper=types.SimpleNamespace(method=m.options))
   obj = Objective(jnp.zeros([2]), {}, {}, 0.0, {}, None)
-  return tuple(method().gradients(vjp_fn, obj, ctx, list(flat_labels)))
+  return tuple(m.gradients(vjp_fn, obj, ctx, list(flat_labels)))
 
 
 def test_gamma_default_is_the_official():

@@ -62,7 +62,8 @@ def objective(params, protos, labels, epoch, alpha, start, end):
   options = types.SimpleNamespace(alpha=alpha, start_epoch=start, end_epoch=end)
   method = PMR(types.SimpleNamespace(options=options),
                Setup(modalities=MODS, num_classes=6, steps_per_epoch=10, window="whole"))
-  ctx = StepContext(step=epoch * 10, epoch=epoch, active=jnp.asarray(True))
+  ctx = StepContext(step=epoch * 10, epoch=epoch, active=jnp.asarray(True),
+                    hyper=types.SimpleNamespace(method=options))
   obj = method.objective(fake_forward, params, {"prototypes": protos},
                          {"inputs": {}, "label": labels}, ctx)
   return jnp.sum(obj.terms), obj.metrics
@@ -153,12 +154,16 @@ def test_epoch_schedule(setting):
 
 
 class FakeLoop:
-  """What `PMR.prototypes` uses of `trainer.Loop`, for a population of one member: it serves
+  """What `PMR.prototypes` uses of `loop.Loop`, for a population of one member: it serves
   the batches the official loop read and records what the method asked for."""
 
   def __init__(self, batches, momentum=0.0):
     self.batches, self.requests = batches, []
-    self.member_values = {"pmr.momentum": np.asarray([momentum], np.float32)}
+    self.hyper = types.SimpleNamespace(
+        method=types.SimpleNamespace(momentum=np.asarray([momentum], np.float32)))
+
+  def map_members(self, fn, *trees):
+    return jax.vmap(fn)(*trees)
 
   def predict_batches(self, state, epoch, num_batches, augment=False):
     self.requests.append((epoch, num_batches, augment))

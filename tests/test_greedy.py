@@ -2,6 +2,7 @@
 MMTM sizes on a ResNet-18 trunk, the forward's defaults, the strict re-balancing threshold."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,8 @@ def test_objective_is_the_sum_of_the_branch_losses():
   state = method.init_state(variables["params"], model.apply(variables, INPUTS))
   fwd = make_forward(model, variables["batch_stats"], jax.random.key(1))
   batch = {"inputs": INPUTS, "label": jnp.array([0, 2])}
-  ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(True))
+  ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(True),
+                    hyper=types.SimpleNamespace(method=method.options))
   obj = method.objective(fwd, variables["params"], state, batch, ctx)
   assert obj.terms.shape == (1,)
   uni = obj.unimodal_losses

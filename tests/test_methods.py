@@ -15,6 +15,7 @@ import pytest
 
 from inforeg_jax import config, methods, models, window
 from inforeg_jax.data import Dataset
+from inforeg_jax.hyper import hyper_of
 from inforeg_jax.methods import options as opts
 from inforeg_jax.methods.base import (Gradients, Method, Objective, Setup, StepContext,
                                       cross_entropy, true_class_prob_sum)
@@ -45,6 +46,15 @@ def np_prob_sum(logits, y):
 
 def cfg_for(method, **kw):
   return config.make_config(method=method, **kw)
+
+
+def transforms(method, labels):
+  """A method's transformations with its config's own values."""
+  return method.transforms(labels, hyper_of(method.cfg))
+
+
+def rule(method):
+  return method.window_rule(hyper_of(method.cfg))
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -89,8 +99,8 @@ def test_joint_defaults_and_trivial_hooks():
   assert m.transform_inputs(None, {}, CTX) == {}
   assert m.on_start(None, state) is state
   assert m.on_epoch_end(None, state, 3) == (state, {})
-  assert m.window_rule == window.WindowRule(0.04)  # Eq. 11 with the paper's K
-  assert Method(cfg_for("joint", threshold=0.1), SETUP).window_rule.threshold == 0.1
+  assert rule(m) == window.WindowRule(np.float32(0.04))  # Eq. 11 with the paper's K
+  assert rule(Method(cfg_for("joint", threshold=0.1), SETUP)).threshold == np.float32(0.1)
 
 
 def test_objective_terms_and_aux():
@@ -162,7 +172,7 @@ def test_transforms_track_the_window_with_the_setup():
   labels = {"a": "audio", "v": "visual", "h": None}
   params = {"a": jnp.ones(2), "v": jnp.ones(3), "h": jnp.ones(1)}
   setup = Setup(("visual", "audio"), 3, steps_per_epoch=2, window="prime")
-  txs = Method(cfg_for("joint", threshold=0.3), setup).transforms(labels)
+  txs = transforms(Method(cfg_for("joint", threshold=0.3), setup), labels)
   assert len(txs) == 1
   tx = optax.chain(*txs)
   state = tx.init(params)
@@ -290,8 +300,8 @@ class HalveOptions:
 class Halve(Method):
   def objective(self, fwd, params, method_state, batch, ctx):
     obj = super().objective(fwd, params, method_state, batch, ctx)
-    return obj._replace(terms=obj.terms * self.options.factor,
-                        metrics={"factor": self.options.factor * 1.0})
+    factor = ctx.hyper.method.factor  # the member's own value
+    return obj._replace(terms=obj.terms * factor, metrics={"factor": factor * 1.0})
 
 
 methods.register("halve", methods.Entry(Halve, "joint training, fused loss scaled", HalveOptions))
@@ -382,7 +392,7 @@ def test_inforeg_method_transform_options():
                                              "inforeg.criterion": "bounded",
                                              "inforeg.max_window_epochs": 1})
   setup = Setup(MODS, 3, steps_per_epoch=1, window="whole")
-  txs = InfoReg(cfg, setup).transforms(PLABELS)
+  txs = transforms(InfoReg(cfg, setup), PLABELS)
   assert len(txs) == 1
   tx = txs[0]
   state = tx.init(PARAMS)
@@ -398,14 +408,14 @@ def test_inforeg_method_transform_options():
   assert [f[1] for f in flags] == [False, False, False, True, False]
   assert isinstance(tx.init(PARAMS), InfoRegState)
   # the window comes from the setup: prime regulates only inside it
-  txp = InfoReg(cfg, dataclasses.replace(setup, window="prime")).transforms(PLABELS)[0]
+  txp = transforms(InfoReg(cfg, dataclasses.replace(setup, window="prime")), PLABELS)[0]
   state = txp.init(PARAMS)
   _, state = txp.update(PARAMS, state, PARAMS, unimodal_losses=LOSSES)
   _, state = txp.update(PARAMS, state, PARAMS, unimodal_losses=LOSSES)
   assert float(state.alpha[0]) == 0.0
   # the official variant
   cfg = cfg_for("inforeg", **{"inforeg.variant": "official"})
-  tx = InfoReg(cfg, setup).transforms(PLABELS)[0]
+  tx = transforms(InfoReg(cfg, setup), PLABELS)[0]
   _, state = tx.update(PARAMS, tx.init(PARAMS), PARAMS,
                        unimodal_scores={"audio": 2.0, "visual": 1.0})
   np.testing.assert_allclose(state.alpha, [0.95 * math.exp(math.tanh(1.0)), 0.0], rtol=1e-6)
@@ -413,7 +423,7 @@ def test_inforeg_method_transform_options():
 
 def test_inforeg_method_step_metrics():
   m = InfoReg(cfg_for("inforeg"), SETUP)
-  tx = optax.chain(*m.transforms(PLABELS), optax.sgd(0.1))
+  tx = optax.chain(*transforms(m, PLABELS), optax.sgd(0.1))
   state = tx.init(PARAMS)
   metrics = m.step_metrics(state, {})
   assert set(metrics) == {"alpha_audio", "alpha_visual", "window_audio", "window_visual"}
@@ -428,7 +438,7 @@ def test_inforeg_method_transform_inputs_and_window_rule():
   got = official.transform_inputs(obj, batch, CTX)["unimodal_scores"]
   for k in MODS:
     np.testing.assert_allclose(got[k], np_prob_sum(UNI[k], LABELS_Y), rtol=1e-6)
-  assert official.window_rule == window.WindowRule(0.05, "official", lead=0)
+  assert rule(official) == window.WindowRule(np.float32(0.05), "official", lead=0)
   bounded = InfoReg(cfg_for("inforeg", threshold=0.2, **{"inforeg.criterion": "bounded",
                                                          "inforeg.max_window_epochs": 2}), SETUP)
-  assert bounded.window_rule == window.WindowRule(0.2, "bounded", 2)
+  assert rule(bounded) == window.WindowRule(np.float32(0.2), "bounded", 2)

@@ -56,7 +56,8 @@ def test_gradients_inside_and_outside_the_window():
   labels = ["audio", "visual"]
   obj = Objective(jnp.zeros(2), {}, {}, 0.0, {}, None)
   for active in (False, True):
-    ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(active))
+    ctx = StepContext(step=jnp.int32(0), epoch=jnp.int32(0), active=jnp.asarray(active),
+                      hyper=types.SimpleNamespace(method=method.options))
     grads, trace_grads, metrics = method.gradients(fake_vjp(g_mm, g_uni), obj, ctx, labels)
     jax.tree.map(np.testing.assert_array_equal, trace_grads, g_mm)  # Tr(F): the fused loss
     if not active:  # plain L_mm + sum L_m

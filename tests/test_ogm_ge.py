@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inforeg_jax import config, window
+from inforeg_jax.hyper import hyper_of
 from inforeg_jax.methods.base import Setup
 from inforeg_jax.methods.ogm_ge import (OGMGE, OGMGEState, modulate_leaf, ogm_coefficients,
                                         ogm_ge_transform)
@@ -208,7 +209,7 @@ def test_method_transforms_and_metrics():
       "ogm_ge.alpha": 0.5, "ogm_ge.noise": False, "ogm_ge.start_epoch": 1,
       "ogm_ge.end_epoch": 2})
   m = OGMGE(cfg, Setup(("audio", "visual"), 3, steps_per_epoch=2, window="whole"))
-  txs = m.transforms(LABELS)
+  txs = m.transforms(LABELS, hyper_of(m.cfg))
   assert len(txs) == 2
   states = [t.init(tree()) for t in txs]
   assert isinstance(window.find_window(states), window.TraceWindow)

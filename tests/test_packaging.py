@@ -107,7 +107,8 @@ def test_the_wheel_installs_into_a_fresh_venv_as_one_package(wheel, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("module,args", [("experiments.sweep", ["--out=x"]),
                                          ("experiments.analyze", ["traces", "x", "--out=y"]),
-                                         ("experiments.bench", [])])
+                                         ("experiments.bench", ["--mode=population",
+                                                                "--tiny"])])
 def test_side_commands_on_the_core_install_name_the_extra(module, args):
   proc = subprocess.run([sys.executable, "-c", BLOCK, module, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)

@@ -3,6 +3,7 @@ test_golden_pmr.py)."""
 
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,7 +21,11 @@ class FakeLoop:
 
   def __init__(self, momentum=(0.5, 0.0)):
     self.epochs = []
-    self.member_values = {"pmr.momentum": np.asarray(momentum, np.float32)}
+    self.hyper = types.SimpleNamespace(
+        method=types.SimpleNamespace(momentum=np.asarray(momentum, np.float32)))
+
+  def map_members(self, fn, *trees):
+    return jax.vmap(fn)(*trees)
 
   def predict_batches(self, state, epoch, num_batches, augment=False):
     self.epochs.append((epoch, num_batches, augment))

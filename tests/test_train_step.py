@@ -15,9 +15,10 @@ import optax
 from inforeg_jax import config, methods, models, window
 from inforeg_jax.labels import modality_labels, resolve_labels
 from inforeg_jax.methods.base import Method, Setup, true_class_prob_sum
-from inforeg_jax.train import (MemberBuilder, TrainState, accuracy, make_create_state,
-                               make_eval_step, make_forward, make_predict, make_train_step,
-                               member_rng)
+from inforeg_jax.hyper import hyper_of
+from inforeg_jax.train import (Optimizer, TrainState, build_method, accuracy,
+                               make_create_state, make_eval_step, make_forward, make_predict,
+                               make_train_step, member_rng)
 
 MODS = ("audio", "visual")
 B, C = 6, 4
@@ -72,8 +73,8 @@ class Recording(Method):
   unimodal_weight = 1.0
   trace_from_fused = True
 
-  def transforms(self, labels):
-    return super().transforms(labels) + [capture()]
+  def transforms(self, labels, hyper):
+    return super().transforms(labels, hyper) + [capture()]
 
   def init_state(self, params, outputs):
     return {"n": jnp.zeros([], jnp.int32), "logits0": outputs["logits"][0],
@@ -124,11 +125,11 @@ def build(method="recording", window_mode="whole", threshold=0.04, spe=2, lr=0.1
   labels = modality_labels(params, MODS)
   cfg = cfg or config.make_config(method=method, threshold=threshold, learning_rate=lr,
                                   momentum=0.0, weight_decay=0.0, seed=seed)
-  builder = MemberBuilder(cfg, Setup(MODS, C, steps_per_epoch=spe, window=window_mode), labels)
-  hp = config.member_values(cfg)
-  m, tx = builder.build()
-  state = make_create_state(net, builder, batch["inputs"])(hp)
-  step = jax.jit(make_train_step(net, builder, resolve_labels(labels, params), preprocess))
+  m = build_method(cfg, Setup(MODS, C, steps_per_epoch=spe, window=window_mode))
+  optimizer, hp = Optimizer(m, labels), hyper_of(cfg)
+  state = make_create_state(net, m, optimizer, batch["inputs"])(hp)
+  step = jax.jit(make_train_step(net, m, optimizer, resolve_labels(labels, params), preprocess))
+  tx = optimizer.chain(hp)  # the member's optimizer
   return net, tx, m, state, lambda st, b: step(st, b, hp), batch, labels, hp
 
 
@@ -359,36 +360,41 @@ def test_step_with_inforeg_regulates_inside_the_jit():
 
 
 def test_one_program_for_every_member_value():
-  """The member-wise hyperparameters are arrays in the step: another learning rate, beta or
-  seed reuses the compiled step and changes the result as a separate config would."""
+  """The member-wise values are arrays given to the step: another learning rate, beta or seed
+  reuses the compiled step, and gives exactly what a step built from that member's own
+  config gives."""
   net, batch = tiny_net(), tiny_batch()
   params = net.init(jax.random.key(0), batch["inputs"])["params"]
   labels = modality_labels(params, MODS)
+  flat = resolve_labels(labels, params)
+  setup = Setup(MODS, C, steps_per_epoch=2, window="whole")
+
+  def member(cfg):
+    method = build_method(cfg, setup)
+    optimizer = Optimizer(method, labels)
+    return (jax.jit(make_create_state(net, method, optimizer, batch["inputs"])),
+            jax.jit(make_train_step(net, method, optimizer, flat)))
+
   base = config.make_config(method="inforeg", window="whole", momentum=0.0, weight_decay=0.0,
                             **{"inforeg.warmup_epochs": 0})
-  builder = MemberBuilder(base, Setup(MODS, C, steps_per_epoch=2, window="whole"), labels)
-  step = jax.jit(make_train_step(net, builder, resolve_labels(labels, params)))
-  create = make_create_state(net, builder, batch["inputs"])
+  create, step = member(base)
   results = {}
-  for lr, beta in ((0.1, 0.9), (0.3, 0.9), (0.1, 0.2)):
+  for lr, beta, seed in ((0.1, 0.9, 0), (0.3, 0.9, 0), (0.1, 0.2, 0), (0.1, 0.9, 5)):
     cfg = config.make_config(method="inforeg", window="whole", momentum=0.0, weight_decay=0.0,
-                             learning_rate=lr, **{"inforeg.warmup_epochs": 0,
-                                                  "inforeg.beta": beta})
-    hp = config.member_values(cfg)
+                             learning_rate=lr, seed=seed,
+                             **{"inforeg.warmup_epochs": 0, "inforeg.beta": beta})
+    hp = hyper_of(cfg)
     state = create(hp)
     for _ in range(3):
       state, metrics = step(state, batch, hp)
-    # the same member built as a plain config (Python constants in the program) agrees
-    builder1 = MemberBuilder(cfg, builder.setup, labels)
-    plain = jax.jit(make_train_step(net, builder1, resolve_labels(labels, params)))
-    state1 = make_create_state(net, builder1, batch["inputs"])(None or hp)
+    create1, step1 = member(cfg)  # built from the member's own config
+    state1 = create1(hp)
     for _ in range(3):
-      state1, metrics1 = plain(state1, batch, hp)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 state.params, state1.params)
-    results[(lr, beta)] = float(metrics["loss"])
+      state1, _ = step1(state1, batch, hp)
+    jax.tree.map(np.testing.assert_array_equal, state.params, state1.params)
+    results[(lr, beta, seed)] = float(metrics["loss"])
   assert step._cache_size() == 1
-  assert len(set(results.values())) == 3
+  assert len(set(results.values())) == 4
 
 
 # ---- prediction and evaluation -----------------------------------------------------------------

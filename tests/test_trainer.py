@@ -7,23 +7,41 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inforeg_jax import trainer
+import types
+
+from inforeg_jax import loop as loop_lib
+from inforeg_jax import members as members_lib
 from inforeg_jax.config import make_config
+from inforeg_jax.hyper import hyper_of
+from inforeg_jax.train import Optimizer, TransformInputs
+from inforeg_jax.workdir import RunError
 from inforeg_jax.regulation import OFFICIAL_THRESHOLD, PAPER_THRESHOLD
 
 
 class NoTransforms:
-  def transforms(self, labels):
+  """A method with no transformations of its own."""
+
+  def __init__(self, cfg, steps_per_epoch):
+    self.cfg, self.setup = cfg, types.SimpleNamespace(steps_per_epoch=steps_per_epoch)
+
+  def transforms(self, labels, hyper):
     return []
+
+
+def optimizer(cfg, steps_per_epoch):
+  """(init, update) of the run's optimizer for ``cfg``'s values, no method transformations."""
+  opt, hyper = Optimizer(NoTransforms(cfg, steps_per_epoch), None), hyper_of(cfg)
+  return (lambda p: opt.init(p, hyper),
+          lambda g, s, p: opt.update(g, s, p, TransformInputs(hyper, None, None)))
 
 
 def lr_per_step(cfg, steps_per_epoch, steps):
   """The learning rate of each step, read off SGD's update for a unit gradient."""
-  tx = trainer.make_optimizer(cfg, NoTransforms(), None, steps_per_epoch)
+  init, update = optimizer(cfg, steps_per_epoch)
   params = {"w": jnp.zeros(())}
-  state, out = tx.init(params), []
+  state, out = init(params), []
   for _ in range(steps):
-    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    updates, state = update({"w": jnp.ones(())}, state, params)
     out.append(-float(updates["w"]))
   return np.array(out)
 
@@ -45,11 +63,11 @@ def test_step_lr_without_a_decay_inside_the_run():
 def test_weight_decay_and_momentum_follow_the_method_transforms():
   cfg = make_config(learning_rate=1.0, lr_step_epochs=10, epochs=10, momentum=0.5,
                     weight_decay=0.1)
-  tx = trainer.make_optimizer(cfg, NoTransforms(), None, 1)
+  init, update = optimizer(cfg, 1)
   params = {"w": jnp.full((), 2.0)}
-  state = tx.init(params)
-  u1, state = tx.update({"w": jnp.ones(())}, state, params)
-  u2, _ = tx.update({"w": jnp.ones(())}, state, params)
+  state = init(params)
+  u1, state = update({"w": jnp.ones(())}, state, params)
+  u2, _ = update({"w": jnp.ones(())}, state, params)
   g = 1.0 + 0.1 * 2.0  # gradient + weight decay
   assert float(u1["w"]) == pytest.approx(-g)
   assert float(u2["w"]) == pytest.approx(-(g + 0.5 * g))  # momentum 0.5
@@ -75,33 +93,33 @@ def members(*records):
 
 
 def test_epoch_means_leave_out_skipped_steps():
-  [(means, series)] = trainer._epoch_means([record(1.0, 1, 0.5), record(np.nan, 0, 2.0),
+  [(means, series)] = loop_lib.epoch_means([record(1.0, 1, 0.5), record(np.nan, 0, 2.0),
                                             record(3.0, 1, 1.5)])
   assert means["loss"] == pytest.approx(2.0)
   assert means["alpha_audio"] == pytest.approx(1.0)
   assert means["skipped_steps"] == 1
   assert series == {"alpha_audio": [0.5, 2.0, 1.5]}  # every step, for the plots
   # Tr(F)'s standard error over the finite steps: std / sqrt(n) of their grad_sq
-  [(means, _)] = trainer._epoch_means([record(1.0, 1, grad=1.0), record(1.0, 1, grad=3.0),
+  [(means, _)] = loop_lib.epoch_means([record(1.0, 1, grad=1.0), record(1.0, 1, grad=3.0),
                                        record(1.0, 0, grad=99.0)])
   assert means["trace_se_audio"] == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
   # every step skipped: the means are over all of them (and say so)
-  [(means, _)] = trainer._epoch_means([record(np.nan, 0), record(np.nan, 0)])
+  [(means, _)] = loop_lib.epoch_means([record(np.nan, 0), record(np.nan, 0)])
   assert means["skipped_steps"] == 2 and np.isnan(means["loss"])
-  [(means, series)] = trainer._epoch_means([record(2.0, 1, 0.25)])  # a one-step epoch
+  [(means, series)] = loop_lib.epoch_means([record(2.0, 1, 0.25)])  # a one-step epoch
   assert means["loss"] == 2.0 and series == {"alpha_audio": [0.25]}
   # a population: each member its own means over its own finite steps
-  out = trainer._epoch_means([members(record(1.0, 1), record(5.0, 1)),
+  out = loop_lib.epoch_means([members(record(1.0, 1), record(5.0, 1)),
                               members(record(3.0, 1), record(np.nan, 0))])
   assert [m["loss"] for m, _ in out] == [2.0, 5.0]
   assert [m["skipped_steps"] for m, _ in out] == [0, 1]
 
 
 def test_first_nonfinite_names_the_culprit():
-  assert trainer._first_nonfinite(record(np.nan, 0), ["audio"]) == "the loss"
-  assert trainer._first_nonfinite(record(1.0, 0, grad=np.inf), ["audio"]) == "Tr(F) of audio"
+  assert loop_lib.first_nonfinite(record(np.nan, 0), ["audio"]) == "the loss"
+  assert loop_lib.first_nonfinite(record(1.0, 0, grad=np.inf), ["audio"]) == "Tr(F) of audio"
   two = members(record(1.0, 1), record(1.0, 0, grad=np.inf))
-  assert trainer._first_nonfinite(two, ["audio"], 1) == "Tr(F) of audio"
+  assert loop_lib.first_nonfinite(two, ["audio"], 1) == "Tr(F) of audio"
 
 
 def test_summary_reports_final_validation_selected_and_best_test():
@@ -111,7 +129,7 @@ def test_summary_reports_final_validation_selected_and_best_test():
              {"epoch": 3, "acc": 0.6, "val_acc": 0.7, "acc_audio": 0.5, "loss": 0.3,
               "skipped_steps": 2}]
   history[1]["skipped_steps"] = 1
-  s = trainer._summary(make_config(epochs=4), history, 12.345, "w")
+  s = members_lib.run_summary(make_config(epochs=4), history, 12.345, "w")
   assert s["final"] == {"acc": 0.6, "val_acc": 0.7, "acc_audio": 0.5}
   assert s["selected"] == {"by": "val_acc", "epoch": 2, "acc": 0.7, "val_acc": 0.8,
                            "acc_audio": 0.6}
@@ -119,7 +137,7 @@ def test_summary_reports_final_validation_selected_and_best_test():
   assert s["skipped_steps"] == 3 and s["train_seconds"] == 12.35 and s["epochs"] == 4
   # without a validation split the test accuracy selects (and says so)
   no_val = [{k: v for k, v in r.items() if k != "val_acc"} for r in history]
-  s = trainer._summary(make_config(), no_val, 1.0, "w")
+  s = members_lib.run_summary(make_config(), no_val, 1.0, "w")
   assert s["selected"]["by"] == "acc" and s["selected"]["epoch"] == 1
 
 
@@ -132,43 +150,43 @@ def test_macro_f1_is_scikit_learns(seed):
   n, k = int(rng.integers(1, 300)), int(rng.integers(1, 12))
   labels = rng.integers(0, k, n)
   pred = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k + 2, n))
-  assert trainer.macro_f1(labels, pred) == f1_score(labels, pred, average="macro",
+  assert loop_lib.macro_f1(labels, pred) == f1_score(labels, pred, average="macro",
                                                     zero_division=0)
 
 
 def test_prepare_workdir(tmp_path):
   workdir = str(tmp_path / "run")
-  assert trainer.prepare_workdir(make_config(workdir=workdir)) == workdir
+  assert members_lib.prepare_workdir(make_config(workdir=workdir)) == workdir
   assert os.listdir(workdir) == []  # the write probe is gone
   open(os.path.join(workdir, "metrics.jsonl"), "w").close()
-  with pytest.raises(trainer.RunError, match="--resume .* or\n?.*--overwrite|already holds"):
-    trainer.prepare_workdir(make_config(workdir=workdir))
-  assert trainer.prepare_workdir(make_config(workdir=workdir, resume=True)) == workdir
+  with pytest.raises(RunError, match="--resume .* or\n?.*--overwrite|already holds"):
+    members_lib.prepare_workdir(make_config(workdir=workdir))
+  assert members_lib.prepare_workdir(make_config(workdir=workdir, resume=True)) == workdir
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # resume keeps it
-  with pytest.raises(trainer.RunError, match="exclude each other"):
-    trainer.prepare_workdir(make_config(workdir=workdir, resume=True, overwrite=True))
-  trainer.prepare_workdir(make_config(workdir=workdir, overwrite=True))
+  with pytest.raises(RunError, match="exclude each other"):
+    members_lib.prepare_workdir(make_config(workdir=workdir, resume=True, overwrite=True))
+  members_lib.prepare_workdir(make_config(workdir=workdir, overwrite=True))
   # nothing is deleted before the run has checked everything (the run sets it aside)
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   # a folder holding more than a run is never replaced
   open(os.path.join(workdir, "notes.txt"), "w").close()
-  with pytest.raises(trainer.RunError, match="not a run's \\(notes.txt\\)"):
-    trainer.prepare_workdir(make_config(workdir=workdir, overwrite=True))
+  with pytest.raises(RunError, match="not a run's \\(notes.txt\\)"):
+    members_lib.prepare_workdir(make_config(workdir=workdir, overwrite=True))
   # a workdir with only unrelated files is not a run
   other = tmp_path / "other"
   other.mkdir()
   (other / "notes.txt").write_text("mine")
-  trainer.prepare_workdir(make_config(workdir=str(other)))
+  members_lib.prepare_workdir(make_config(workdir=str(other)))
 
 
 def test_run_name_and_hparams():
   cfg = make_config(method="inforeg", modalities="audio", seed=3)
-  assert trainer.run_name(cfg) == "synthetic / inforeg (audio) / seed 3"
-  assert trainer.run_name(make_config(method="joint", seed=1)) == "synthetic / joint / seed 1"
-  h = trainer.hparams(cfg)
+  assert members_lib.run_name(cfg) == "synthetic / inforeg (audio) / seed 3"
+  assert members_lib.run_name(make_config(method="joint", seed=1)) == "synthetic / joint / seed 1"
+  h = members_lib.hparams(cfg)
   assert h["method"] == "inforeg" and h["seed"] == 3 and h["modalities"] == "audio"
   assert h["inforeg.beta"] == cfg.options.beta
-  assert trainer.hparams(make_config())["modalities"] == "all"
+  assert members_lib.hparams(make_config())["modalities"] == "all"
 
 
 def evaluation(base):
@@ -183,7 +201,7 @@ def test_epoch_row_fields():
   for m, k in (("audio", 1), ("visual", 2)):
     train.update({f"loss_{m}": 9.0, f"acc_{m}": 0.1 * k, f"grad_sq_{m}": 10.0 * k})
   mods = ("audio", "visual")
-  row = trainer.epoch_row(mods, train, evaluation(0.5), evaluation(0.1))
+  row = loop_lib.epoch_row(mods, train, evaluation(0.5), evaluation(0.1))
   assert row == pytest.approx({
       "train_loss": 1.5, "train_acc": 0.25, "val_acc": 0.5, "val_loss": 1.5,
       "val_acc_audio": 3.5, "val_acc_visual": 4.5, "test_loss": 1.1, "acc": 0.1,
@@ -191,17 +209,17 @@ def test_epoch_row_fields():
       "test_loss_visual": 6.1, "train_acc_audio": 0.1, "train_acc_visual": 0.2,
       "trace_audio": 10.0, "trace_visual": 20.0, "skipped_steps": 0, "alpha_audio": 1.2,
       "coef_visual": 0.8})
-  no_val = trainer.epoch_row(mods, train, None, evaluation(0.1))
+  no_val = loop_lib.epoch_row(mods, train, None, evaluation(0.1))
   assert not any(k.startswith("val_") for k in no_val) and no_val["acc"] == 0.1
   # a method whose branch accuracies are not unimodal logs none (Greedy)
   branches = {k: v for k, v in train.items() if not k.startswith("acc_")}
-  assert not any(k.startswith("train_acc_") for k in trainer.epoch_row(mods, branches, None,
+  assert not any(k.startswith("train_acc_") for k in loop_lib.epoch_row(mods, branches, None,
                                                                        evaluation(0.1)))
 
 
 def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
   before = signal.getsignal(signal.SIGINT)
-  stop = trainer.StopAtStep()
+  stop = loop_lib.StopAtStep()
   try:
     signal.raise_signal(signal.SIGINT)  # e.g. inside a checkpoint write: nothing raised there
     assert stop.requested

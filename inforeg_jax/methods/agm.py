@@ -142,7 +142,8 @@ class AGM(Method):
     responses = shapley_responses(passes, self.modalities)
     scores = jax.lax.stop_gradient(response_scores(responses, y, self.modalities))
     o = self.options
-    computed = coefficients(scores, method_state["running_scores"], o.alpha, self.clamp)
+    computed = coefficients(scores, method_state["running_scores"], ctx.hyper.method.alpha,
+                            self.clamp)
     inside = (ctx.epoch >= o.start_epoch) & (ctx.epoch <= o.end_epoch)
     # in the window: this step's coefficient; before and after it, the hooks' last scale
     coefs = jnp.where(inside, computed, method_state["last_coefs"])

@@ -11,17 +11,17 @@ in the jitted step    `objective` -> `Objective`, `gradients` -> `Gradients`,
                       `after_step`, `step_metrics`
 in the loop (host)    `on_start` (before epoch 0), `on_epoch_end`
 
-A run is a population of one or more members (`inforeg_jax.trainer`). The step hooks see one
-member: the config they hold has that member's values (traced arrays for the hyperparameters a
-population varies), and the step is vmapped over the members. The host hooks see the whole
-population: its state has a leading member axis, and ``loop.member_values`` the members'
-hyperparameters as arrays [N].
+A run is a population of one or more members (`inforeg_jax.trainer`). A method is built once,
+from a config whose member-wise values (`inforeg_jax.hyper`) are markers that refuse to be
+read: the step hooks read the member's own values in ``ctx.hyper`` (and the transformations in
+their ``hyper`` input), the host hooks the members' in ``loop.hyper`` (arrays [N]). The host
+hooks see the whole population through `Loop`: its state has a leading member axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,7 @@ class StepContext(NamedTuple):
   step: jax.Array  # int32 scalar, steps taken before this one
   epoch: jax.Array  # int32 scalar
   active: jax.Array  # bool scalar: a modulating rule applies now (the window gate, Table 4)
+  hyper: Any = None  # the member's values (`inforeg_jax.hyper.Hyper`)
 
 
 class Objective(NamedTuple):
@@ -84,6 +85,41 @@ def true_class_prob_sum(logits, labels):
   return jnp.take_along_axis(p, labels[:, None], axis=1).sum()
 
 
+class Loop(Protocol):
+  """What the training loop offers a method's host hooks (`inforeg_jax.loop.Loop`), for the
+  whole population: states and outputs with a leading member axis [N]."""
+
+  dataset: Any  # `inforeg_jax.data.Dataset`
+  members: int
+  hyper: Any  # the members' values, `Hyper` of arrays [N]
+
+  def place(self, tree) -> Any:
+    """Arrays [N, ...] laid out as the population's state."""
+
+  def map_members(self, fn: Callable, *trees) -> Any:
+    """``fn`` applied to each member's slice of ``trees`` (leading axis [N]), results
+    stacked: the same computation for a member whatever the population it is in."""
+
+  def init_opt_state(self, params) -> Any:
+    """A fresh optimizer state for every member (params [N, ...])."""
+
+  def train_epoch(self, state, epoch: int, arrays=None, on_step=None) -> tuple[Any, Any]:
+    """One epoch of training steps for every member (the state passed in is donated);
+    (state, per-step metrics)."""
+
+  def evaluate(self, state, arrays, zeroed: Sequence[str] = (), limit: int | None = None,
+               predictions: bool = False) -> Any:
+    """Every member's accuracies and losses on ``arrays``: {name: values [N]}."""
+
+  def predict_batches(self, state, epoch: int, num_batches: int,
+                      augment: bool = False) -> Iterator[tuple[dict, Any]]:
+    """(outputs [N, ...], labels [N, B]) of the evaluation-mode forward pass over the first
+    training batches of ``epoch``'s order."""
+
+  def step_records(self, records) -> list[dict]:
+    """The per-step metrics of `train_epoch` on the host: a dict of arrays [N] a step."""
+
+
 class Method:
   """Joint training; subclasses override the hooks their rule needs.
 
@@ -113,15 +149,15 @@ class Method:
   def build_model(self, dataset):
     return model_zoo.build_model(self.cfg, dataset, unimodal_heads=self.unimodal_heads)
 
-  @property
-  def window_rule(self) -> window.WindowRule:
-    """What decides the prime learning window (Eq. 11 with --threshold by default)."""
-    return window.WindowRule(self.cfg.resolved_threshold)
+  def window_rule(self, hyper) -> window.WindowRule:
+    """What decides the prime learning window for a member (Eq. 11 with its K)."""
+    return window.WindowRule(hyper.threshold)
 
-  def transforms(self, labels) -> list[optax.GradientTransformation]:
-    """Transformations put first in the optimizer chain; exactly one of them keeps a
-    `window.TraceWindow` under `window_rule` (the default: the window tracker alone)."""
-    return [window.track_window(labels, self.setup.steps_per_epoch, self.window_rule,
+  def transforms(self, labels, hyper) -> list[optax.GradientTransformation]:
+    """Transformations put first in the optimizer chain, with the member's values ``hyper``;
+    exactly one of them keeps a `window.TraceWindow` under `window_rule` (the default: the
+    window tracker alone)."""
+    return [window.track_window(labels, self.setup.steps_per_epoch, self.window_rule(hyper),
                                 self.modalities)]
 
   def init_state(self, params, outputs) -> Any:
@@ -160,9 +196,9 @@ class Method:
 
   def transform_inputs(self, objective: Objective, batch: Batch,
                        ctx: StepContext) -> dict[str, Any]:
-    """Extra keyword arguments for the optimizer's ``update`` (what this method's
-    transformations read, e.g. ``unimodal_losses``); the step always passes ``grad_sq``
-    and ``modulate`` (the window gate)."""
+    """What this method's transformations read besides what every update gets
+    (``hyper``, ``grad_sq``, ``modulate``): fields of `train.TransformInputs` by name,
+    e.g. ``{"unimodal_losses": ...}`` (an unknown name is an error when the step is traced)."""
     del objective, batch, ctx
     return {}
 
@@ -177,12 +213,12 @@ class Method:
 
   # ------------------------------------------------------------ in the loop, on the host
 
-  def on_start(self, loop, state):
+  def on_start(self, loop: Loop, state):
     """Before epoch 0 of a fresh run (not on resume); ``state`` is the population's."""
     del loop
     return state
 
-  def on_epoch_end(self, loop, state, epoch: int):
+  def on_epoch_end(self, loop: Loop, state, epoch: int):
     """After each epoch's training: (state, {metrics.jsonl field: values [N], one per
     member}) for the whole population."""
     del loop, epoch

@@ -91,7 +91,7 @@ class GBlending(Method):
     for e in range(epochs):
       trial, records = loop.train_epoch(trial, epoch * 1000 + head * 100 + e + 1)
       if e in (0, epochs - 1):
-        t = np.sum(np.stack([np.asarray(jax.device_get(r["fused_loss"])) for r in records]), 0)
+        t = np.sum(np.stack([r["fused_loss"] for r in loop.step_records(records)]), 0)
         v = loop.evaluate(trial, held_out, zeroed=zeroed, limit=batches * batch)["loss"] * batches
         measured.append((t, v))
     return np.asarray(measured)  # [2 (pre, post), 2 (T, V), N]

@@ -237,7 +237,8 @@ class Greedy(Method):
     o = self.options
     speeds = learning_speeds(grads, objective.carry, self.modalities)
     unlocked = (ctx.epoch >= o.start_epoch) & ctx.active
-    phase = next_phase(method_state["phase"], speeds, unlocked, o.threshold, o.phase_steps)
+    phase = next_phase(method_state["phase"], speeds, unlocked, ctx.hyper.method.threshold,
+                       o.phase_steps)
     return {"running": objective.outputs["mmtm_running"], "count": method_state["count"] + 1,
             "phase": phase}
 

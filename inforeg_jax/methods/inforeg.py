@@ -23,17 +23,16 @@ class InfoReg(Method):
     self.unimodal_weight = 1.0 if self.unimodal or self.official else 0.0
     self.trace_from_fused = self.unimodal and not self.official
 
-  @property
-  def window_rule(self):
+  def window_rule(self, hyper):
     o = self.options
     if self.official:
-      return window.WindowRule(self.cfg.resolved_threshold, "official", lead=0)
-    return window.WindowRule(self.cfg.resolved_threshold, o.criterion, o.max_window_epochs)
+      return window.WindowRule(hyper.threshold, "official", lead=0)
+    return window.WindowRule(hyper.threshold, o.criterion, o.max_window_epochs)
 
-  def transforms(self, labels):
-    o, rule = self.options, self.window_rule
+  def transforms(self, labels, hyper):
+    o, rule = self.options, self.window_rule(hyper)
     return [inforeg_transform(
-        labels, steps_per_epoch=self.setup.steps_per_epoch, beta=o.beta,
+        labels, steps_per_epoch=self.setup.steps_per_epoch, beta=hyper.method.beta,
         threshold=rule.threshold, warmup_epochs=o.warmup_epochs, variant=o.variant,
         modalities=self.modalities, window=self.setup.window,
         criterion="eq11" if self.official else rule.criterion,

@@ -76,6 +76,6 @@ class MMPareto(Method):
     g_mm = jax.tree.map(lambda g: g[0], per_term)
     g_uni = jax.tree.map(lambda g: g[1], per_term)
     combined, cos = mmpareto_combine(g_mm, g_uni, flat_labels, self.modalities,
-                                     self.options.gamma)
+                                     ctx.hyper.method.gamma)
     grads = jax.tree.map(lambda c, a, b: jnp.where(ctx.active, c, a + b), combined, g_mm, g_uni)
     return Gradients(grads, g_mm, {f"cos_{m}": cos[i] for i, m in enumerate(self.modalities)})

@@ -106,11 +106,11 @@ def ogm_ge_transform(param_labels, steps_per_epoch: int, alpha=0.1, noise: bool 
 
 class OGMGE(Method):
 
-  def transforms(self, labels):
+  def transforms(self, labels, hyper):
     o = self.options
-    return super().transforms(labels) + [ogm_ge_transform(
-        labels, self.setup.steps_per_epoch, alpha=o.alpha, noise=o.noise,
-        start_epoch=o.start_epoch, end_epoch=o.end_epoch, seed=self.cfg.seed,
+    return super().transforms(labels, hyper) + [ogm_ge_transform(
+        labels, self.setup.steps_per_epoch, alpha=hyper.method.alpha, noise=o.noise,
+        start_epoch=o.start_epoch, end_epoch=o.end_epoch, seed=hyper.seed,
         modalities=self.modalities)]
 
   def transform_inputs(self, objective, batch, ctx):

@@ -79,7 +79,7 @@ class PMR(Method):
     obj = super().objective(fwd, params, method_state, batch, ctx)
     o = self.options
     pce, weights, _ = pmr_terms(obj.outputs["features"], method_state["prototypes"],
-                                batch["label"], o.alpha, self.modalities)
+                                batch["label"], ctx.hyper.method.alpha, self.modalities)
     on = ctx.active & (ctx.epoch >= o.start_epoch) & (ctx.epoch <= o.end_epoch)
     weights = jnp.where(on, weights, 0.0)
     metrics = {**{f"coef_{m}": weights[i] for i, m in enumerate(self.modalities)},
@@ -89,21 +89,19 @@ class PMR(Method):
   def prototypes(self, loop, state, epoch: int, ema: bool):
     """The prototype pass (``calculate_prototype``) for every member: evaluation mode,
     training augmentation, the first batches of epoch ``epoch + 1``'s shuffle (each
-    member's own order)."""
+    member's own order), each member's prototypes from its own momentum."""
     num_batches = prototype_batches(self.setup.steps_per_epoch, self.options.prototype_fraction)
-    means = jax.vmap(class_means, in_axes=(0, 0, None))
-    sums, counts = {m: 0.0 for m in self.modalities}, 0.0
+    classes, mods = self.setup.num_classes, self.modalities
+    means = lambda features, labels: {m: class_means(features[m], labels, classes) for m in mods}
+    total = None
     for out, labels in loop.predict_batches(state, epoch + 1, num_batches, augment=True):
-      for m in self.modalities:
-        s, c = means(out["features"][m], labels, self.setup.num_classes)
-        sums[m] = sums[m] + s
-      counts = counts + c
-    momentum = jnp.asarray(loop.member_values["pmr.momentum"], jnp.float32)[:, None, None]
-    old = state.method_state["prototypes"]
-    step = jax.vmap(functools.partial(next_prototypes, ema=ema))
-    new = {m: step(old[m], sums[m], counts, momentum) for m in self.modalities}
-    return state.replace(method_state={**state.method_state,
-                                       "prototypes": loop.place(new)})
+      batch = loop.map_members(means, out["features"], labels)
+      total = batch if total is None else jax.tree.map(jnp.add, total, batch)
+    step = functools.partial(next_prototypes, ema=ema)
+    new = loop.map_members(
+        lambda old, total, momentum: {m: step(old[m], *total[m], momentum) for m in mods},
+        state.method_state["prototypes"], total, loop.hyper.method.momentum)
+    return state.replace(method_state={**state.method_state, "prototypes": loop.place(new)})
 
   def on_start(self, loop, state):
     return self.prototypes(loop, state, -1, ema=False)

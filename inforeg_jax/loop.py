@@ -1,0 +1,336 @@
+"""The epoch loop: training epochs, evaluation and the per-member rows they give.
+
+`Loop` is what a method's host hooks may use (the `methods.base.Loop` protocol): training
+epochs, evaluation and forward passes over the whole population, states stacked [N].
+`epochs` runs the schedule and yields, after each epoch, every member's metrics.jsonl row
+(`epoch_row`), its test predictions and the members that stopped; what is written where is
+the caller's (`inforeg_jax.members`). Accuracies are fractions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from inforeg_jax.config import Config
+from inforeg_jax.data import Dataset, pipeline
+from inforeg_jax.hyper import Hyper
+from inforeg_jax.program import Program, stack, to_global
+from inforeg_jax.train import member_rng
+
+MAX_SKIPPED_FRACTION = 0.1  # --skip_nonfinite: an epoch with more skipped steps stops
+
+
+def stack_np(batches: Sequence[dict]) -> dict:
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+@dataclasses.dataclass
+class Loop:  # pragma: no mutate
+  """What the loop offers a method's hooks (`methods.base.Loop`): training epochs, evaluation
+  and forward passes over the whole population, the members' values."""
+
+  cfg: Config  # member 0's (the settings all members share)
+  dataset: Dataset
+  program: Program
+
+  @property
+  def members(self) -> int:
+    return self.program.members
+
+  @property
+  def hyper(self) -> Hyper:
+    """The members' values, arrays [N] (``loop.hyper.method.momentum``)."""
+    return self.program.hyper
+
+  def place(self, tree):
+    return self.program.place(tree)
+
+  def map_members(self, fn: Callable, *trees):
+    return self.program.map_members(fn, *trees)
+
+  def init_opt_state(self, params):
+    return self.program.init_opt_state(params)
+
+  def _batch_sharding(self):
+    spec = P("pop", "data") if self.program.vectorised else P("data")
+    return NamedSharding(self.program.mesh, spec)
+
+  def train_batches(self, epoch: int, arrays=None, start_batch: int = 0) -> Iterator:
+    """An epoch of ``arrays`` (default: the training split), each member in its own seed's
+    order (members sharing a seed share a gather): a step's global batch [N, B, ...] when
+    vectorised, else a list of the members' batches [B, ...]."""
+    arrays = self.dataset.train if arrays is None else arrays
+    seeds = [int(s) for s in np.atleast_1d(self.hyper.seed)]
+    distinct = list(dict.fromkeys(seeds))
+    threads = 2 if len(distinct) == 1 else 1  # a reader thread a stream beside the compute
+    streams = {s: pipeline.train_batches(arrays, self.cfg.batch_size, s, epoch,
+                                         start_batch=start_batch,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count(),
+                                         prefetch_threads=threads)
+               for s in distinct}
+    sharding = self._batch_sharding()
+    for _ in range(pipeline.steps_per_epoch(arrays, self.cfg.batch_size) - start_batch):
+      got = {s: next(it) for s, it in streams.items()}
+      if self.program.vectorised:
+        yield to_global(stack_np([got[s] for s in seeds]), sharding)
+      else:
+        placed = {s: to_global(b, sharding) for s, b in got.items()}
+        yield [placed[s] for s in seeds]
+
+  def train_epoch(self, state, epoch: int, arrays=None, on_step=None):
+    """One epoch of training steps for every member; returns (state, per-step records on
+    the device, `step_records` reads them). The state passed in is donated."""
+    program, records = self.program, []
+    if program.vectorised:
+      hyper = self.place(self.hyper)
+      for batch in self.train_batches(epoch, arrays):
+        state, metrics = program._train_step(state, batch, hyper)
+        records.append(metrics)
+        if on_step is not None:
+          on_step(records)
+      return state, records
+    states, hypers = program.unstack(state), program.member_hypers()
+    for batches in self.train_batches(epoch, arrays):
+      record = []
+      for i, batch in enumerate(batches):
+        states[i], metrics = program._train_step(states[i], batch, hypers[i])
+        record.append(metrics)
+      records.append(record)
+      if on_step is not None:
+        on_step(records)
+    return program.restack(states), records
+
+  def step_records(self, records) -> list[dict[str, np.ndarray]]:
+    """`train_epoch`'s records on the host: per step, {metric: values [N]}."""
+    host = jax.device_get(records)
+    if self.program.vectorised:
+      return [{k: np.atleast_1d(np.asarray(v)) for k, v in r.items()} for r in host]
+    return [{k: np.stack([np.asarray(m[k]) for m in r]) for k in r[0]} for r in host]
+
+  def finite(self, record) -> np.ndarray:
+    """bool [N]: which members' step was finite (one record of `train_epoch`)."""
+    if self.program.vectorised:
+      return np.atleast_1d(np.asarray(jax.device_get(record["finite"]))) > 0
+    return np.asarray(jax.device_get([m["finite"] for m in record])) > 0
+
+  def evaluate(self, state, arrays, zeroed: Sequence[str] = (), limit: int | None = None,
+               predictions: bool = False):
+    """Every member's fused and per-modality accuracy and loss (means over the examples) and
+    the macro-F1 of the fused prediction: {name: values [N]}. ``zeroed``: modalities whose
+    inputs are zeros (after the on-device preprocessing); ``limit``: the first examples only;
+    ``predictions``: also return each member's fused predictions, int [N, examples]."""
+    if limit is not None:
+      arrays = {k: v[:limit] for k, v in arrays.items()}
+    program, outs = self.program, []
+    states = None if program.vectorised else program.unstack(state)
+    keep = lambda b: {m: np.full(len(b["label"]), m not in zeroed, np.float32)
+                      for m in self.dataset.modalities}
+    sharding = NamedSharding(program.mesh, P("data"))
+    for batch in pipeline.eval_batches(arrays, self.cfg.eval_batch_size, jax.process_index(),
+                                       jax.process_count()):
+      if zeroed:
+        batch["keep"] = keep(batch)
+      batch = to_global(batch, sharding)
+      outs.append(program._eval_step(state, batch) if states is None else
+                  [program._eval_step(s, batch) for s in states])
+    # one transfer for the whole evaluation (the outputs are whole on every process)
+    outs = jax.device_get(outs)
+    if states is not None:
+      outs = [stack_np(o) for o in outs]
+    pred = np.concatenate([np.asarray(o.pop("pred")) for o in outs], axis=1)
+    sums = {k: np.sum([o[k] for o in outs], axis=0) for k in outs[0]}
+    n = sums.pop("count")
+    metrics = {k: np.asarray(v / n, np.float64) for k, v in sums.items()}
+    pred = pred[:, :pipeline.num_examples(arrays)]
+    labels = np.asarray(arrays["label"])
+    metrics["f1_macro"] = np.asarray([macro_f1(labels, p) for p in pred])
+    return (metrics, pred) if predictions else metrics
+
+  def predict_batches(self, state, epoch: int, num_batches: int, augment: bool = False):
+    """(outputs [N, ...], labels [N, B]) of the evaluation-mode forward pass over the first
+    ``num_batches`` training batches in ``epoch``'s order, with the training augmentation if
+    ``augment`` (each member its own order and keys)."""
+    program = self.program
+    states = None if program.vectorised else program.unstack(state)
+    hypers = program.member_hypers()
+    for i, batch in enumerate(self.train_batches(epoch)):
+      if i == num_batches:
+        return
+      rngs = [jax.random.fold_in(member_rng(h), 2**30 + i) if augment else None
+              for h in hypers]
+      if states is None:
+        rng = jax.numpy.stack(rngs) if augment else None
+        yield program._predict(state, batch, rng), batch["label"]
+      else:
+        outs = [program._predict(s, b, r) for s, b, r in zip(states, batch, rngs)]
+        yield stack(outs), stack([b["label"] for b in batch])
+
+
+def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
+  """Unweighted mean over the classes that occur in ``labels`` or ``pred`` of each class's
+  F1 = 2 TP / (2 TP + FP + FN): scikit-learn's ``f1_score(average="macro")``, computed as it
+  does, without its import (~2 s of every run's start)."""
+  classes, inverse = np.unique(np.concatenate([labels, pred]), return_inverse=True)
+  true, hat = inverse[:len(labels)], inverse[len(labels):]
+  tp = np.bincount(true[true == hat], minlength=len(classes)).astype(np.float64)
+  true_sum = np.bincount(true, minlength=len(classes)).astype(np.float64)
+  pred_sum = np.bincount(hat, minlength=len(classes)).astype(np.float64)
+  return float(np.mean(2 * tp / (true_sum + pred_sum)))
+
+
+class StopAtStep:
+  """Ctrl-C (SIGINT) and SIGTERM stop the run at the next step boundary, never inside a
+  checkpoint write or a library's worker threads; a second one stops at once. Outside the
+  main thread it changes nothing. ``restore()`` puts the previous handlers back."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.requested, self._previous = None, {}
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    what = "Ctrl-C" if signum == signal.SIGINT else self.requested
+    print(f"\n{what}: stopping after this step (again: at once)", file=sys.stderr, flush=True)
+
+  def check(self) -> None:
+    if self.requested:
+      raise KeyboardInterrupt(self.requested)
+
+  def restore(self) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+
+def epoch_means(steps: list[dict]) -> list[tuple[dict[str, float], dict[str, list[float]]]]:
+  """Per member, the means of the step metrics over its finite steps and the per-step series
+  of the rule's coefficients for the plots; ``steps``: `Loop.step_records`."""
+  members = len(np.atleast_1d(steps[0]["finite"]))
+  out = []
+  for i in range(members):
+    rows = [{k: np.atleast_1d(v)[i] for k, v in r.items()} for r in steps]
+    finite = np.array([r["finite"] for r in rows]) > 0
+    keep = [r for r, f in zip(rows, finite) if f] or rows
+    means = {k: float(np.mean([r[k] for r in keep])) for k in keep[0]}
+    means["skipped_steps"] = int((~finite).sum())
+    for k in [k for k in keep[0] if k.startswith("grad_sq_")]:  # Tr(F)'s standard error
+      values = np.asarray([r[k] for r in keep], np.float64)
+      means[f"trace_se_{k[8:]}"] = (float(values.std(ddof=1) / np.sqrt(len(values)))
+                                    if len(values) > 1 else 0.0)
+    series = {k: [float(r[k]) for r in rows] for k in rows[0]
+              if k.startswith(("alpha_", "coef_"))}
+    out.append((means, series))
+  return out
+
+
+def first_nonfinite(record: dict, modalities, i: int = 0) -> str:
+  """What was not finite in member ``i``'s step (``record``: {metric: values [N]})."""
+  if not np.isfinite(float(np.atleast_1d(record["loss"])[i])):
+    return "the loss"
+  bad = [m for m in modalities if not np.isfinite(float(np.atleast_1d(record[f"grad_sq_{m}"])[i]))]
+  return "Tr(F) of " + ", ".join(bad)
+
+
+def epoch_row(modalities, train: dict[str, float], val: dict | None,
+              test: dict) -> dict[str, float]:
+  """An epoch's metrics.jsonl fields for one member: training means, validation and test
+  evaluations (that member's), the traces, and the method's own step metrics (epoch means)."""
+  row = {"train_loss": train["loss"], "train_acc": train["acc"]}
+  if val is not None:
+    row.update({"val_acc": val["acc"], "val_loss": val["loss"],
+                **{f"val_acc_{m}": val[f"acc_{m}"] for m in modalities}})
+  row.update({"test_loss": test["loss"], "acc": test["acc"], "f1_macro": test["f1_macro"]})
+  for m in modalities:
+    row.update({f"acc_{m}": test[f"acc_{m}"], f"test_loss_{m}": test[f"loss_{m}"],
+                f"trace_{m}": train[f"grad_sq_{m}"]})  # Tr(F_m) of this epoch, Eq. 7
+    if f"acc_{m}" in train:
+      row[f"train_acc_{m}"] = train[f"acc_{m}"]
+  generic = {"loss", "fused_loss", "acc", "finite"} | {
+      f"{k}_{m}" for k in ("loss", "acc", "grad_sq") for m in modalities}
+  # trace_se_<m>: the standard error of Tr(F_m)'s epoch mean, from its steps' spread
+  row.update({k: v for k, v in train.items() if k not in generic})  # alpha_, coef_, cos_...
+  return row
+
+
+@dataclasses.dataclass
+class Epoch:
+  """What an epoch gave, per member (None for a member stopped before or in it)."""
+
+  epoch: int
+  state: Any  # the population's, after the epoch (and the method's end-of-epoch hook)
+  rows: list[dict | None]  # metrics.jsonl rows
+  series: list[dict[str, list[float]]]  # per-step coefficient series (plots)
+  predictions: np.ndarray  # int [N, test examples], the fused test predictions
+  stops: dict[int, str]  # members that stopped in this epoch: why
+
+
+def epochs(loop: Loop, state, first_epoch: int, stopped: Sequence[bool],
+           on_step: Callable[[], None] = lambda: None,
+           halt: Callable[[int, str, int, int], None] | None = None) -> Iterator[Epoch]:
+  """Trains epochs ``first_epoch`` .. ``cfg.epochs - 1`` and yields each one's `Epoch`.
+  ``stopped``: members that stopped earlier (trained on, reported nowhere). ``halt(i, what,
+  step, epoch)`` is told at once when member ``i``'s step turns non-finite (``what``: the
+  loss, or Tr(F) of a modality), unless --skip_nonfinite."""
+  cfg, method = loop.cfg, loop.program.method
+  modalities = loop.dataset.modalities
+  steps = pipeline.steps_per_epoch(loop.dataset.train, cfg.batch_size)
+  stopped = list(stopped)
+
+  def check(records, k, epoch):
+    live = [i for i, s in enumerate(stopped) if not s]
+    if cfg.skip_nonfinite or not live:
+      return
+    finite = loop.finite(records[k])
+    for i in live:
+      if not finite[i]:
+        record = loop.step_records([records[k]])[0]
+        stopped[i] = True
+        if halt is not None:
+          halt(i, first_nonfinite(record, modalities, i), epoch * steps + k, epoch)
+
+  for epoch in range(first_epoch, cfg.epochs):
+    def step(records):
+      on_step()
+      if len(records) > 1:  # the previous step: reading it does not wait for this one
+        check(records, len(records) - 2, epoch)
+
+    before = list(stopped)
+    state, records = loop.train_epoch(state, epoch, on_step=step)
+    check(records, len(records) - 1, epoch)
+    means = epoch_means(loop.step_records(records))
+    state, method_rows = method.on_epoch_end(loop, state, epoch)
+    val = loop.evaluate(state, loop.dataset.val) if loop.dataset.val is not None else None
+    test, predicted = loop.evaluate(state, loop.dataset.test, predictions=True)
+    rows, stops = [], {}
+    for i, (train_m, _) in enumerate(means):
+      if before[i] or stopped[i]:
+        rows.append(None)
+        continue
+      if cfg.skip_nonfinite and train_m["skipped_steps"] > MAX_SKIPPED_FRACTION * steps:
+        stops[i] = (f"{train_m['skipped_steps']} of epoch {epoch}'s {steps} steps were "
+                    f"non-finite and skipped (more than {MAX_SKIPPED_FRACTION:.0%}): the run "
+                    "stopped. Lower --learning_rate")
+        stopped[i] = True
+        rows.append(None)
+        continue
+      pick = lambda d: None if d is None else {k: float(v[i]) for k, v in d.items()}
+      rows.append({"epoch": epoch, **epoch_row(modalities, train_m, pick(val), pick(test)),
+                   **{k: float(np.asarray(v)[i]) for k, v in method_rows.items()}})
+    yield Epoch(epoch, state, rows, [s for _, s in means], predicted, stops)
+    if all(stopped):
+      return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from inforeg_jax.config import parse_members
@@ -30,8 +31,58 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def forced_cpu_devices(environ=os.environ) -> int:
+  """The CPU devices this process's JAX will have: JAX_NUM_CPU_DEVICES, else the last
+  ``--xla_force_host_platform_device_count`` in XLA_FLAGS, else 1."""
+  try:
+    if int(environ.get("JAX_NUM_CPU_DEVICES", "-1")) >= 0:
+      return int(environ["JAX_NUM_CPU_DEVICES"])
+  except ValueError:
+    pass
+  found = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                     environ.get("XLA_FLAGS", ""))
+  return int(found[-1]) if found else 1
+
+
+def size_cpu_thread_pool(environ=os.environ) -> str | None:
+  """Several CPU devices in one process (``--xla_force_host_platform_device_count=N``) need a
+  thread pool of at least 2N threads; sets PJRT_NPROC (its size) to max(cores, 2N) when it is
+  unset, before JAX starts. Returns a warning when the user set it smaller, else None.
+
+  Why: XLA's CPU client runs every device's share of a multi-device step on one pool of
+  max(cores, N) threads, and a step's launch task (one per device, on the same pool) blocks
+  once 32 computations are queued on its device. With N >= cores and the host dispatching
+  ahead, launch tasks of the next step hold pool threads that the last device's share of the
+  current step needs: its all-reduce waits for that device, nothing else can run, and XLA
+  aborts after 40 s ("Termination timeout for all reduce ... only 3 of them arrived"). A
+  longer --xla_cpu_collective_call_terminate_timeout_seconds only waits longer. N launch
+  tasks and N shares fit in 2N threads."""
+  devices = forced_cpu_devices(environ)
+  if devices <= 1:
+    return None
+  if "PJRT_NPROC" in environ:
+    try:
+      if int(environ["PJRT_NPROC"]) >= 2 * devices:
+        return None
+    except ValueError:
+      pass
+    return (f"warning: PJRT_NPROC={environ['PJRT_NPROC']} is fewer than twice the {devices} CPU "
+            "devices: a step over them can deadlock (XLA aborts after 40 s); unset it or set "
+            f"PJRT_NPROC={2 * devices}")
+  try:  # what XLA would use: NPROC (a CI's CPU reservation), else the CPUs we may run on
+    cores = int(environ["NPROC"])
+  except (KeyError, ValueError):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+  environ["PJRT_NPROC"] = str(max(cores, 2 * devices))
+  return None
+
+
 def main(argv=None) -> int:
   cfgs, args = parse_members(argv)  # before importing JAX: --help and flag errors are instant
+  warning = size_cpu_thread_pool()  # before JAX creates its CPU client
+  if warning:
+    print(warning, file=sys.stderr)
   try:
     import jax
     if args.distributed or args.coordinator_address:

@@ -120,30 +120,74 @@ def bad_flag(flag):
 def interrupted(tmp):
   """Ctrl-C mid-run: one line, and the run resumes."""
   tiny_run(f"{tmp}/w", "--epochs=1")
-  # The run must start with Ctrl-C's default disposition: a test runner's worker may ignore
-  # SIGINT, and a child inherits an ignored signal until it installs a handler of its own.
-  p = subprocess.Popen(RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--epochs=400"],
-                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-  ckpts = os.path.join(tmp, "w", "checkpoints")
-  seen = []
-  for _ in range(600):  # wait for a checkpoint after epoch 0 (pruning may remove 1), interrupt
-    time.sleep(0.5)
-    seen = sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else []
-    if any(d.isdigit() and int(d) >= 1 for d in seen) or p.poll() is not None:
-      break
-  else:  # say what was there instead of interrupting blind
-    p.kill()
-    _, err = p.communicate()
-    return [sys.executable, "-c", f"import sys; sys.stderr.write({err[-2000:] + repr(seen)!r});"
-            " sys.exit(3)"]
-  p.send_signal(signal.SIGINT)
-  out, err = p.communicate(timeout=300)
+  p, err = started(with_default_sigint(RUN + TINY + [f"--workdir={tmp}/w", "--resume",
+                                                     "--epochs=400"]), tmp)
+  try:
+    # a checkpoint after epoch 0 (pruning may remove 1), then interrupt
+    seen = wait_for_checkpoint(p, os.path.join(tmp, "w", "checkpoints"), at_least=1)
+    if seen is None:  # say what happened instead of interrupting blind
+      return verdict(3, f"no checkpoint after epoch 0 to interrupt (exit {p.poll()}): "
+                     f"{read(err)[-2000:]}")
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=STOP_WAIT)
+  except subprocess.TimeoutExpired:
+    return verdict(3, f"still running {STOP_WAIT} s after Ctrl-C: {read(err)[-2000:]}")
+  finally:
+    stop(p)
   with open(f"{tmp}/interrupt.json", "w") as f:
-    json.dump({"rc": p.returncode, "err": err}, f)
+    json.dump({"rc": rc, "err": read(err)}, f)
   return [sys.executable, "-c", "import json, sys; r = json.load(open(sys.argv[1])); "
           "sys.stderr.write(r['err']); sys.exit(r['rc'])", f"{tmp}/interrupt.json"]
+
+
+# How long a run in the background may take to get somewhere (seen: under 10 s on 2 idle
+# cores; these hold at 2x the cores' load and more), and to stop after a signal (seen: ~1 s).
+START_WAIT = 300
+STOP_WAIT = 300
+
+
+def with_default_sigint(cmd: list[str]) -> list[str]:
+  """``cmd``, started with Ctrl-C's default disposition. A suite started in the background
+  (`make test &`, nohup) ignores SIGINT, a child inherits an ignored signal, and Python then
+  never raises KeyboardInterrupt: a Ctrl-C case would wait out its timeout. The reset is done
+  by a small Python that then becomes ``cmd`` (same pid), not by a preexec_fn, which runs in
+  a fork of this multithreaded process (JAX's threads) and may deadlock there."""
+  return [sys.executable, "-c", "import os, signal, sys; "
+          "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+          *cmd]
+
+
+def started(cmd: list[str], tmp: str, **popen) -> tuple[subprocess.Popen, str]:
+  """A command started in the background, its stderr going to a file (a pipe nobody reads
+  would stop it once full), and the file's path."""
+  err = os.path.join(tmp, f"stderr-{len(os.listdir(tmp))}.txt")
+  with open(err, "w") as f:
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), **popen)
+  return p, err
+
+
+def wait_for_checkpoint(p: subprocess.Popen, ckpts: str, at_least: int) -> list[str] | None:
+  """The checkpoint folders once one of epoch ``at_least`` or later is there; None when ``p``
+  ends first or START_WAIT passes."""
+  deadline = time.monotonic() + START_WAIT
+  while time.monotonic() < deadline and p.poll() is None:
+    seen = sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else []
+    if any(d.isdigit() and int(d) >= at_least for d in seen):
+      return seen
+    time.sleep(0.2)
+  return None
+
+
+def stop(p: subprocess.Popen) -> None:
+  if p.poll() is None:
+    p.kill()
+  p.wait()
+
+
+def read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
 
 
 def verdict(rc: int, text: str) -> list[str]:
@@ -219,31 +263,77 @@ def resume_on_other_data(tmp):
 
 def flipped_checkpoint_bytes(tmp):
   """Bytes flipped inside the latest checkpoint's arrays (it still reads): the checksum
-  finds it, the run resumes from the one before."""
+  finds it, the run resumes from the one before. The arrays are zstd-compressed and which
+  one lies where in orbax's data file follows the order its concurrent writes finished (it
+  differs from run to run under load): a fixed offset sometimes lands in a frame's header
+  (unreadable: the other cases) or in bytes no array uses (nothing changes). So the 64 bytes
+  go where a copy of the checkpoint, flipped there, still reads with changed arrays."""
   tiny_run(f"{tmp}/w", "--epochs=3")
-  latest = os.path.join(tmp, "w", "checkpoints", "2", "state")
-  biggest = max((os.path.join(r, n) for r, _, ns in os.walk(latest) for n in ns
-                 if "ocdbt" in r or n.startswith("d")), key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    data = bytearray(f.read())
-    for i in range(len(data) // 2, len(data) // 2 + 64):
-      data[i] ^= 0xFF
-    f.seek(0)
-    f.write(data)
+  latest = os.path.join(tmp, "w", "checkpoints", "2")
+  biggest = max((os.path.join(r, n) for r, _, ns in os.walk(os.path.join(latest, "state"))
+                 for n in ns if "ocdbt" in r or n.startswith("d")), key=os.path.getsize)
+  probe = run([sys.executable, "-c", "import sys; from tests.failure_cases import "
+               "flip_that_reads; print(flip_that_reads(*sys.argv[1:]))", latest,
+               os.path.relpath(biggest, latest)])
+  offset = (probe.out.strip().splitlines() or [""])[-1]
+  if probe.rc != 0 or not offset.isdigit():
+    return verdict(99, f"no 64 flipped bytes of {biggest} leave its checkpoint readable and "
+                   f"changed: {probe.out[-300:]}{probe.err[-1500:]}")
+  flip(biggest, int(offset))
   return RUN + TINY + [f"--workdir={tmp}/w", "--resume", "--epochs=4"]
 
 
+def flip(path: str, offset: int, count: int = 64) -> None:
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    data = bytearray(f.read(count))
+    f.seek(offset)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def flip_that_reads(checkpoint: str, rel: str) -> int | str:
+  """The offset, nearest the middle of ``checkpoint``'s file ``rel``, where 64 flipped bytes
+  leave the checkpoint's state readable and different ("none" if there is none)."""
+  import shutil
+  import jax
+  import orbax.checkpoint as ocp
+
+  def leaves(folder):
+    state = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(folder, "state")))
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+  before = leaves(checkpoint)
+  size = os.path.getsize(os.path.join(checkpoint, rel))
+  for frac in sorted(np.linspace(0.05, 0.95, 37), key=lambda f: abs(f - 0.5)):
+    with tempfile.TemporaryDirectory() as t:
+      copy = os.path.join(t, "copy")  # a fresh path: no reader caches the original's bytes
+      shutil.copytree(checkpoint, copy)
+      flip(os.path.join(copy, rel), int(size * frac))
+      try:
+        after = leaves(copy)
+      except Exception:  # unreadable there
+        continue
+      if len(after) == len(before) and any(
+          not np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(after, before)):
+        return int(size * frac)
+  return "none"
+
+
 def two_runs_at_once(tmp):
-  p = subprocess.Popen(RUN + TINY + ["--epochs=30", f"--workdir={tmp}/w"], cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  for _ in range(600):
-    time.sleep(0.2)
-    if os.path.exists(f"{tmp}/w/.lock") and os.path.getsize(f"{tmp}/w/.lock"):
-      break
-  second = run(RUN + TINY + [f"--workdir={tmp}/w", "--resume"])
-  p.kill()
-  p.wait()
+  # the first one trains long enough to be running whatever the second's start-up takes
+  p, err = started(RUN + TINY + ["--epochs=400", f"--workdir={tmp}/w"], tmp)
+  try:
+    deadline = time.monotonic() + START_WAIT
+    while not (os.path.exists(f"{tmp}/w/.lock") and os.path.getsize(f"{tmp}/w/.lock")):
+      if p.poll() is not None or time.monotonic() > deadline:
+        return verdict(99, f"the first run took no lock (exit {p.poll()}): {read(err)[-1500:]}")
+      time.sleep(0.2)
+    second = run(RUN + TINY + [f"--workdir={tmp}/w", "--resume"])
+    if p.poll() is not None:
+      return verdict(99, f"the first run ended (exit {p.poll()}) before the second was "
+                     f"refused: {read(err)[-1500:]}")
+  finally:
+    stop(p)
   return verdict(second.rc, second.err.strip().splitlines()[-1] if second.err.strip() else "")
 
 
@@ -252,17 +342,17 @@ def skipped_everything(tmp):
 
 
 def sigterm_mid_run(tmp):
-  p = subprocess.Popen(RUN + TINY + ["--epochs=400", f"--workdir={tmp}/w"], cwd=ROOT,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  ckpts = os.path.join(tmp, "w", "checkpoints")
-  for _ in range(600):
-    time.sleep(0.5)
-    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
-      break
-  p.send_signal(signal.SIGTERM)
-  _, err = p.communicate(timeout=300)
-  return verdict(p.returncode, err.strip().splitlines()[-1])
+  p, err = started(RUN + TINY + ["--epochs=400", f"--workdir={tmp}/w"], tmp)
+  try:
+    if wait_for_checkpoint(p, os.path.join(tmp, "w", "checkpoints"), at_least=0) is None:
+      return verdict(3, f"no checkpoint to stop after (exit {p.poll()}): {read(err)[-2000:]}")
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=STOP_WAIT)
+  except subprocess.TimeoutExpired:
+    return verdict(3, f"still running {STOP_WAIT} s after SIGTERM: {read(err)[-2000:]}")
+  finally:
+    stop(p)
+  return verdict(rc, read(err).strip().splitlines()[-1])
 
 
 def rereport_keeps_the_time(tmp):

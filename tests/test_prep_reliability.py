@@ -5,6 +5,7 @@ case is one ``error:`` line and a nonzero exit, the previous dataset untouched."
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from data_prep import common
 from inforeg_jax.data import records
+from tests.failure_cases import with_default_sigint
 from tests.test_prep_avmnist import make_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,19 +45,41 @@ def inputs(tmp_path):
   return [f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}"]
 
 
+# How long a preparation may take to get somewhere or to end (seen: 2-3 s on 2 idle cores;
+# these hold at 2x the cores' load and more).
+WAIT = 120
+
+
 def prep(*flags):
   return subprocess.run([sys.executable, "-m", "data_prep.avmnist", *map(str, flags)], cwd=ROOT,
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, timeout=600)
 
 
-def paused(tmp_path, *flags):
-  """A preparation stopped half-way through writing; returns (process, its version folder)."""
-  proc = subprocess.Popen([sys.executable, "-c", PAUSER, str(tmp_path / "release"),
-                           *map(str, flags)], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  line = proc.stdout.readline()
-  assert line.startswith("PAUSED "), (line, proc.communicate())
-  return proc, line.split(" ", 1)[1].strip()
+@pytest.fixture
+def paused(tmp_path):
+  """paused(*flags): a preparation stopped half-way through writing, as (process, its version
+  folder); every one still running at the end of the test is killed (it would wait for its
+  release for ever)."""
+  procs = []
+
+  def start(*flags):
+    # with Ctrl-C's default disposition, whether or not this suite runs in the background
+    proc = subprocess.Popen(with_default_sigint([sys.executable, "-c", PAUSER,
+                                                 str(tmp_path / "release"), *map(str, flags)]),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(proc)
+    ready, _, _ = select.select([proc.stdout], [], [], WAIT)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("PAUSED "):
+      proc.kill()
+      raise AssertionError(f"not paused after {WAIT} s: {line!r} {proc.communicate()}")
+    return proc, line.split(" ", 1)[1].strip()
+
+  yield start
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+    proc.communicate()
 
 
 def one_error_line(stderr):
@@ -71,15 +95,15 @@ def version(out):
 
 @pytest.mark.parametrize("sig, status, says", [(signal.SIGINT, 130, "Ctrl-C"),
                                                (signal.SIGTERM, 143, "SIGTERM")])
-def test_an_interrupt_is_one_line_and_leaves_the_previous_dataset(tmp_path, inputs, sig, status,
-                                                                    says):
+def test_an_interrupt_is_one_line_and_leaves_the_previous_dataset(tmp_path, inputs, paused, sig,
+                                                                    status, says):
   out = tmp_path / "out"
   assert prep(*inputs, f"--out_dir={out}").returncode == 0
   before = version(out)
-  proc, partial = paused(tmp_path, *inputs, f"--out_dir={out}", "--seed=1")
+  proc, partial = paused(*inputs, f"--out_dir={out}", "--seed=1")
   assert os.path.isdir(partial) and os.listdir(os.path.join(partial, "train"))
   proc.send_signal(sig)
-  _, err = proc.communicate(timeout=60)
+  _, err = proc.communicate(timeout=WAIT)
   assert proc.returncode == status, err
   line = one_error_line(err)
   assert line == (f"error: interrupted ({says}): {out} keeps its previous dataset, nothing "
@@ -89,16 +113,17 @@ def test_an_interrupt_is_one_line_and_leaves_the_previous_dataset(tmp_path, inpu
   assert records.load_prepared("avmnist", str(out)).train["label"].shape == (80,)
 
 
-def test_a_second_preparation_into_the_same_folder_is_refused(tmp_path, inputs):
+def test_a_second_preparation_into_the_same_folder_is_refused(tmp_path, inputs, paused):
   out = tmp_path / "out"
-  first, _ = paused(tmp_path, *inputs, f"--out_dir={out}")
+  first, _ = paused(*inputs, f"--out_dir={out}")
   second = prep(*inputs, f"--out_dir={out}")
   assert second.returncode == 2
   assert one_error_line(second.stderr) == (
       f"error: --out_dir={out} is being prepared by another data_prep (pid {first.pid}); wait "
       "for it to end or choose another --out_dir")
   (tmp_path / "release").touch()
-  assert first.wait(timeout=60) == 0, first.communicate()
+  _, err = first.communicate(timeout=WAIT)  # read as it goes: a full pipe would stop it
+  assert first.returncode == 0, err
   again = prep(*inputs, f"--out_dir={out}")  # the lock went with the first one
   assert again.returncode == 0 and "nothing to do" in again.stdout
 

@@ -46,7 +46,7 @@ def test_tiny_run_writes_metrics_and_summary(tmp_path, method):
 
 def test_bad_flag_is_one_clear_line(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.run", "--method=nope"],
-                        cwd=ROOT, capture_output=True, text=True)
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert "--method must be one of" in proc.stderr and "Traceback" not in proc.stderr
 

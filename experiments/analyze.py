@@ -36,11 +36,10 @@ try:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from inforeg_jax import checkpoint
+  from inforeg_jax import checkpoint, window
   from inforeg_jax.config import from_dict, make_config
   from inforeg_jax.data import load_dataset, pipeline, select_modalities
   from inforeg_jax.data.records import MissingDataError
-  from inforeg_jax.regulation import default_threshold
   from inforeg_jax.train import cross_entropy
   from inforeg_jax.program import build_program, make_mesh, member_slice
 except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
@@ -149,17 +148,18 @@ def eq11_noise(rows: list[dict], m: str, threshold: float) -> dict:
   epoch's batches could have flipped it."""
   if f"trace_se_{m}" not in rows[0]:
     return {}
-  tr = [r[f"trace_{m}"] for r in rows]
-  se = [r[f"trace_se_{m}"] for r in rows]
+  tr = np.asarray([[r[f"trace_{m}"]] for r in rows], np.float32)  # [epochs, 1 modality]
+  se = np.asarray([[r[f"trace_se_{m}"]] for r in rows], np.float32)
   epochs = []
   for t in range(2, len(rows)):
-    last, before = tr[t - 1], tr[t - 2]
-    if not last:
+    if not tr[t - 1, 0]:
       continue
-    rise = (last - before) / last
-    noise = float(np.hypot(se[t - 1], se[t - 2]) / last)
+    rise, noise = (float(x[0]) for x in window.rise_and_noise(tr[t - 2:t], se[t - 2:t]))
+    opened = bool(window.prime_window(tr[t - 2:t], threshold)[0])  # Eq. 11, as the run
     epochs.append({"epoch": t, "rise": round(rise, 4), "noise": round(noise, 4),
-                   "open": rise > threshold, "within_noise": abs(rise - threshold) < 2 * noise})
+                   "open": opened, "within_noise": abs(rise - threshold) < 2 * noise,
+                   "open_noise_aware": bool(window.prime_window(
+                       tr[t - 2:t], threshold, se[t - 2:t], window.NOISE_SE)[0])})
   return {"epochs": epochs, "decisions": len(epochs),
           "within_noise": sum(e["within_noise"] for e in epochs),
           "opened": sum(e["open"] for e in epochs),
@@ -176,10 +176,11 @@ def windows(runs: list[str], out: str) -> dict:
   for run in runs:
     rows = read_rows(run)
     s = read_summary(run)
-    config = (s or {}).get("config", {})
-    threshold = config.get("threshold")
-    if threshold is None:  # the run's K, resolved as the run resolved it
-      threshold = default_threshold(config.get("inforeg", {}).get("variant", "paper"))
+    try:  # the run's K, resolved as the run resolved it
+      threshold = from_dict((s or {}).get("config", {})).resolved_threshold
+    except (ValueError, TypeError) as e:
+      raise SystemExit(f"error: {run}/summary.json: its config is not this version's ({e})"
+                       ) from None
     stats = {}
     for key in rows[0]:
       if not key.startswith("window_"):

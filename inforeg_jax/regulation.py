@@ -19,8 +19,9 @@ import optax
 from inforeg_jax import window as window_lib
 from inforeg_jax.labels import ParamLabels, modality_names, resolve_labels
 
-# The paper's defaults (Sec. 4.7) and the released code's constants (METHOD.md).
-PAPER_THRESHOLD, PAPER_WARMUP = 0.04, 2
+# The paper's defaults (Sec. 4.7; K's in `window`) and the released code's constants
+# (METHOD.md).
+PAPER_THRESHOLD, PAPER_WARMUP = window_lib.PAPER_THRESHOLD, 2
 OFFICIAL_THRESHOLD, OFFICIAL_WARMUP = 0.05, 0
 OFFICIAL_LEAD_SCALE = 0.95
 OFFICIAL_OTHER_SCALE = 0.10
@@ -107,8 +108,9 @@ def inforeg_transform(
     raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
   if window not in ("prime", "whole", "other"):
     raise ValueError(f"window must be 'prime', 'whole' or 'other', got {window!r}")
-  if criterion not in ("eq11", "bounded", "trend"):
-    raise ValueError(f"criterion must be 'eq11', 'bounded' or 'trend', got {criterion!r}")
+  if criterion not in ("eq11", "bounded", "trend", "noise_aware"):
+    raise ValueError("criterion must be 'eq11', 'bounded', 'trend' or 'noise_aware', got "
+                     f"{criterion!r}")
   # Validate plain numbers; under inject_hyperparams or in a population they are arrays.
   if isinstance(steps_per_epoch, int) and steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -178,10 +180,11 @@ def _regulate(updates, params, anchor, flat, names, alpha):
                             jax.tree.leaves(anchor), flat)])
 
 
-def _finish(trace, in_window, anchor, alpha, warm, grad_sq) -> InfoRegState:
+def _finish(trace, in_window, anchor, alpha, warm, grad_sq, steps_per_epoch) -> InfoRegState:
   trace = trace._replace(in_window=in_window)
   return InfoRegState(epoch_anchor=anchor,
-                      window=window_lib.record(trace, jnp.asarray(grad_sq, jnp.float32)),
+                      window=window_lib.record(trace, jnp.asarray(grad_sq, jnp.float32),
+                                               steps_per_epoch),
                       alpha=alpha, in_window=in_window & warm)
 
 
@@ -210,7 +213,7 @@ def _paper_inforeg(param_labels, steps_per_epoch, beta, rule: window_lib.WindowR
     if grad_sq is None:  # Eq. 7/13: the incoming gradient, before regulation
       grad_sq = window_lib.grad_sq_norms(updates, flat, names)
     return (_regulate(updates, params, anchor, flat, names, alpha),
-            _finish(trace, in_window, anchor, alpha, warm, grad_sq))
+            _finish(trace, in_window, anchor, alpha, warm, grad_sq, steps_per_epoch))
 
   return optax.GradientTransformationExtraArgs(_init(names_of), update_fn)
 
@@ -239,7 +242,7 @@ def _official_inforeg(param_labels, steps_per_epoch, threshold, warmup_epochs, m
     regulated = _regulate(updates, params, anchor, flat, names, alpha)
     # released code: after regulation, mean of g^2 per weight tensor, summed
     grad_sq = released_trace_term(regulated, flat, names)
-    return regulated, _finish(trace, in_window, anchor, alpha, warm, grad_sq)
+    return regulated, _finish(trace, in_window, anchor, alpha, warm, grad_sq, steps_per_epoch)
 
   return optax.GradientTransformationExtraArgs(_init(names_of), update_fn)
 

@@ -352,7 +352,7 @@ def test_options_defaults_bounds_and_help(cls):
              if f.metadata["choices"]}
   if cls is opts.InfoRegOptions:
     assert choices == {"variant": ("paper", "official"),
-                       "criterion": ("eq11", "bounded", "trend")}
+                       "criterion": ("eq11", "bounded", "trend", "noise_aware")}
   elif cls is opts.GBlendingOptions:
     assert choices == {"weight_scale": ("official", "heads")}
   else:

@@ -31,7 +31,8 @@ def state(hist, count=0, grad_sq_sum=None, open_epochs=None):
       trace_history=hist,
       open_epochs=jnp.zeros([m], jnp.int32) if open_epochs is None
       else jnp.asarray(open_epochs, jnp.int32),
-      in_window=jnp.zeros([m], bool))
+      in_window=jnp.zeros([m], bool), grad_sq_m2=jnp.zeros([m], jnp.float32),
+      se_history=jnp.zeros_like(hist))
 
 
 def as_list(x):
@@ -69,7 +70,7 @@ def test_epoch_of():
 
 def test_record_adds_and_counts():
   s = W.record(state(history(0.0, m=2), count=4, grad_sq_sum=[1.0, 2.0]),
-               jnp.array([0.5, 3.0]))
+               jnp.array([0.5, 3.0]), 10)
   assert int(s.count) == 5
   np.testing.assert_allclose(s.grad_sq_sum, [1.5, 5.0])
 
@@ -158,7 +159,7 @@ def test_roll_open_epochs_count_up_and_reset():
   s = state(history(1.0), count=0)
   opens = []
   for trace in (2.0, 3.0, 4.0, 4.0, 5.0):  # rises, rises, rises, flat, rise
-    s = W.record(s, jnp.array([trace]))
+    s = W.record(s, jnp.array([trace]), 1)
     s = W.roll(s._replace(count=jnp.asarray(1, jnp.int32)), 1, 0.04)
     opens.append(int(s.open_epochs[0]))
   assert opens == [1, 2, 3, 0, 1]
@@ -366,3 +367,45 @@ def test_track_window_in_a_chain_and_find_window():
     W.find_window(two)
   with pytest.raises(ValueError, match="found 0"):
     W.find_one(optax.sgd(0.1).init(PARAMS), W.TraceWindow)
+
+
+# ---- the noise-aware window (ours) ------------------------------------------------------------
+
+
+def test_record_and_roll_give_the_epochs_standard_error():
+  """Welford's running squared deviations: the closed epoch's se is numpy's std(ddof=1) of
+  its steps' ||g||^2 over sqrt(steps), in the trace's units (a sum's for the released
+  variant's divisor 1)."""
+  steps = np.array([[3.0, 1.0], [5.0, 1.5], [4.5, 0.5], [9.0, 1.0]], np.float32)  # 4 steps
+  s = W.init(2)
+  for x in steps:
+    s = W.record(W.roll(s, 4), jnp.asarray(x), 4)
+  rolled = W.roll(s, 4)  # the first step of the next epoch closes this one
+  se = steps.std(axis=0, ddof=1) / np.sqrt(4)
+  np.testing.assert_allclose(rolled.trace_history[-1], steps.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(rolled.se_history[-1], se, rtol=1e-5)
+  assert not np.any(np.asarray(rolled.grad_sq_m2))  # restarted with the sum
+  np.testing.assert_allclose(W.roll(s, 4, divisor=1).se_history[-1], 4 * se, rtol=1e-5)
+  # a second epoch's se is its own steps' (nothing carried over)
+  for x in 2 * steps[::-1]:
+    rolled = W.record(W.roll(rolled, 4), jnp.asarray(x), 4)
+  np.testing.assert_allclose(W.roll(rolled, 4).se_history[-1], 2 * se, rtol=1e-5)
+
+
+def test_noise_aware_window_needs_the_rise_to_clear_k_by_two_standard_errors():
+  """rise (1.2 - 1.0) / 1.2 = 0.1667; with se 0.01 and 0.02 the rise's noise is
+  sqrt(0.01^2 + 0.02^2) / 1.2 = 0.01863: K 0.12 opens Eq. 11 and the noise-aware rule
+  (0.1667 - 2 x 0.0186 = 0.129 > 0.12), K 0.13 opens Eq. 11 only."""
+  h = history([1.0, 1.0], [1.2, 1.0])
+  se = history([0.02, 0.5], [0.01, 0.5])
+  rise, noise = W.rise_and_noise(h, se)
+  np.testing.assert_allclose(rise, [0.2 / 1.2, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(noise[0], np.hypot(0.01, 0.02) / 1.2, rtol=1e-5)
+  s = state(h)._replace(se_history=se)
+  for k, eq11, aware in ((0.12, [True, False], [True, False]),
+                         (0.13, [True, False], [False, False])):
+    assert as_list(W.flags(s, W.WindowRule(k))) == eq11
+    assert as_list(W.flags(s, W.WindowRule(k, "noise_aware"))) == aware
+  # no noise: the noise-aware rule is Eq. 11
+  quiet = state(h)
+  assert as_list(W.flags(quiet, W.WindowRule(0.13, "noise_aware"))) == [True, False]

@@ -35,19 +35,13 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from inforeg_jax import datasets
 from inforeg_jax.data.dataset import Dataset
 
 FORMAT = 2
 MANIFEST = "manifest.json"
 STAMP = ".verified.json"
 SPLITS = ("train", "val", "test")
-PREP_COMMANDS = {
-    "cremad": "python -m data_prep.cremad --raw_dir=CREMA-D --out_dir={d}",
-    "kinetics_sounds": ("python -m data_prep.kinetics_sounds --raw_dir=KS --out_dir={d} "
-                        "--train_list=my_train.txt --test_list=my_test.txt"),
-    "mosi": "python -m data_prep.mosi --raw_dir=MOSI --out_dir={d}",
-    "avmnist": "python -m data_prep.avmnist --fsdd_dir=FSDD --mnist_dir=MNIST --out_dir={d}",
-}
 _CHUNK_BYTES = 64 << 20
 
 
@@ -64,8 +58,7 @@ def prep_command(name: str, data_dir: str, manifest: Mapping | None = None) -> s
   """The command that (re)prepares ``data_dir``: the manifest's own when it recorded one."""
   if manifest and manifest.get("command"):
     return str(manifest["command"])
-  return PREP_COMMANDS.get(name, "python -m data_prep.{n} --out_dir={d}").format(
-      n=name, d=data_dir or f"data/{name}")
+  return datasets.prep_command(name, data_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +413,7 @@ def load_prepared(name: str, data_dir: str):
   if manifest is None:
     raise MissingDataError(
         f"no prepared {name} data in {data_dir or '(no --data_dir given)'}: run "
-        + PREP_COMMANDS[name].format(d=data_dir or f"data/{name}")
+        + datasets.prep_command(name, data_dir)
         + " first, then pass --data_dir")
   if manifest.get("name") != name:
     raise MissingDataError(f"{data_dir} holds prepared {manifest.get('name')}, not {name}")

@@ -38,9 +38,10 @@ class InfoRegOptions:
   warmup_epochs: int | None = option(None, "epochs of plain training first (default 2, "
                                      "official variant 0)", minimum=0)
   criterion: str = option("eq11", "the window rule: eq11 (the paper's), bounded (Eq. 11 closed "
-                          "after max_window_epochs open epochs in a row) or trend (3-epoch "
-                          "means); the last two are our options", choices=("eq11", "bounded",
-                                                                            "trend"))
+                          "after max_window_epochs open epochs in a row), trend (3-epoch means) "
+                          "or noise_aware (the rise must clear K by 2 standard errors of "
+                          "Tr(F)'s epoch estimates); the last three are our options",
+                          choices=("eq11", "bounded", "trend", "noise_aware"))
   max_window_epochs: int = option(3, "the bound of criterion=bounded", minimum=1)
 
   def default_threshold(self) -> float:

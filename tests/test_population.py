@@ -1,12 +1,13 @@
 """Populations: the members of one compiled program are the single runs they name.
 
-Each member's per-epoch metrics match its single run to rtol 1e-4 (G-Blending, whose trials train
-whole epochs first: 1e-3; seen: ~1e-7 and 1e-4). Not exactly:
-a member's elementwise ops and reductions run vectorised over the member axis, which XLA may
-fuse and order differently from a single run's (its convolutions are the same native ones,
-`models.member_conv`). Also: exact resume of a population (a kill between two members' saves
-included), a member that turns non-finite stops alone, the member axis sharded over 4 CPU
-devices, and the command line's lists.
+One after another (`--execution=sequential`, the CPU's default) every member is its single
+run bit for bit, whatever the population (every number of metrics.jsonl equal, a population
+of one included). Vectorised (`--execution=vectorised`, jax.vmap over a member axis) a member
+matches its single run to rtol 1e-4 (G-Blending, whose trials train whole epochs first: 1e-3):
+its elementwise ops and reductions run over the member axis, which XLA may fuse and order
+differently. Also: each host hook gets its own member's values, exact resume of a population
+(a kill between two members' saves included), a member that turns non-finite stops alone, the
+members over 4 CPU devices, and the command line's lists.
 """
 
 import json
@@ -46,12 +47,46 @@ CASES = {  # method: (its options, the member-wise values of the two members, ex
 }
 
 
+def identical_rows(a, b):
+  """Every number of two runs' metrics.jsonl equal (their wall-clock times aside)."""
+  assert len(a) == len(b)
+  for ra, rb in zip(a, b):
+    assert {k: v for k, v in ra.items() if k != "time_s"} == {
+        k: v for k, v in rb.items() if k != "time_s"}
+
+
 @pytest.mark.parametrize("method", list(CASES))
-def test_each_member_is_its_single_run(tmp_path, method):
-  options, values, extra = CASES[method]
+def test_each_member_is_its_single_run_bit_for_bit(tmp_path, method):
+  """One after another, a member is its single run exactly, in a population of two or of
+  three (another member added), and trained alone as a population of one."""
+  options, values, _ = CASES[method]
   ds = tiny_dataset()
   members = [tiny(tmp_path / "pop" / f"m{i}", method=method, seed=i, **options, **v)
              for i, v in enumerate(values)]
+  summaries = trainer.train(members, ds, progress=False)
+  assert [s["population"] for s in summaries] == [2, 2]
+  three = [tiny(tmp_path / "three" / f"m{i}", method=method, seed=i, **options, **v)
+           for i, v in enumerate(values + [{"learning_rate": 0.07}])]
+  trainer.train(three, ds, progress=False)
+  for i, cfg in enumerate(members):
+    single = tiny(tmp_path / f"single{i}", method=method, seed=i, **options, **values[i])
+    trainer.train(single, ds, progress=False)
+    identical_rows(rows(cfg.workdir), rows(single.workdir))
+    identical_rows(rows(three[i].workdir), rows(single.workdir))
+    np.testing.assert_array_equal(
+        np.load(os.path.join(cfg.workdir, "test_predictions.npy")),
+        np.load(os.path.join(single.workdir, "test_predictions.npy")))
+  # the two members are not one run twice
+  assert rows(members[0].workdir)[-1]["train_loss"] != rows(members[1].workdir)[-1][
+      "train_loss"]
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_vectorised_members_match_their_single_runs(tmp_path, method):
+  options, values, extra = CASES[method]
+  ds = tiny_dataset()
+  members = [tiny(tmp_path / "pop" / f"m{i}", method=method, seed=i, execution="vectorised",
+                  **options, **v) for i, v in enumerate(values)]
   summaries = trainer.train(members, ds, progress=False)
   assert [s["population"] for s in summaries] == [2, 2]
   for i, cfg in enumerate(members):
@@ -62,10 +97,9 @@ def test_each_member_is_its_single_run(tmp_path, method):
     assert_same_rows(rows(cfg.workdir), rows(single.workdir), KEYS + extra,
                      rtol=1e-3 if method == "gblending" else 1e-4)
     with open(os.path.join(cfg.workdir, "summary.json")) as f:
-      assert json.load(f)["config"] == {**single.to_dict(), "workdir": cfg.workdir}
-  # the two members are not one run twice
-  assert rows(members[0].workdir)[-1]["train_loss"] != rows(members[1].workdir)[-1][
-      "train_loss"]
+      assert json.load(f)["config"] == {**single.to_dict(), "workdir": cfg.workdir,
+                                        "execution": "vectorised"}
+
 
 
 def test_a_population_resumes_exactly_even_when_killed_between_two_saves(tmp_path):
@@ -109,9 +143,10 @@ def run_cli(devices, *flags):
   return proc
 
 
-def test_the_member_axis_sharded_over_four_devices(tmp_path):
-  """Four members on 4 CPU devices (a pop axis of 4) train as on one device; each member's
-  folder is the one its single run would use, and that run resumes from it alone."""
+def test_a_population_over_four_devices(tmp_path):
+  """Four members on 4 CPU devices (each member's batch split over them) train as on one
+  device; each member's folder is the one its single run would use, and that run resumes
+  from it alone."""
   flags = ["--method=agm", "--seeds=0,1", "--agm.alpha=1,2"]
   run_cli(1, *flags, f"--workdir={tmp_path / 'one'}")
   run_cli(4, *flags, f"--workdir={tmp_path / 'four'}")
@@ -128,3 +163,22 @@ def test_the_member_axis_sharded_over_four_devices(tmp_path):
   run_cli(1, "--method=agm", "--seed=1", "--agm.alpha=2", "--epochs=3", "--resume",
           f"--workdir={member}")
   assert [r["epoch"] for r in rows(member)] == [0, 1, 2]
+
+
+def test_a_hook_cannot_read_the_shared_configs_member_value():
+  """The method is built once from a config whose member-wise values refuse to be read: a
+  hook that reads ``self.options.momentum`` instead of its member's fails with one line
+  saying where the member's value is (PMR's prototypes read ``loop.hyper``: the bit-for-bit
+  test above has members of momentum 0 and 0.5)."""
+  from inforeg_jax.config import make_config
+  from inforeg_jax.hyper import MemberValueError, hyper_of, static_config
+  from inforeg_jax.methods.base import Setup
+  from inforeg_jax.methods.pmr import PMR
+  cfg = make_config(method="pmr", **{"pmr.momentum": 0.5})
+  method = PMR(static_config(cfg), Setup(("audio", "visual"), 3, 10, "whole"))
+  for read in (lambda: 1 - method.options.momentum, lambda: float(method.options.alpha),
+               lambda: method.cfg.learning_rate * 2, lambda: method.cfg.seed + 1):
+    with pytest.raises(MemberValueError, match="differs between the members"):
+      read()
+  assert method.options.prototype_fraction == 0.1  # shared settings read as usual
+  assert float(hyper_of(cfg).method.momentum) == 0.5

@@ -152,7 +152,7 @@ def resolve(flags: list[str], name: str, data_root: str) -> list[str]:
 
 def _setting(argv: list[str]):
   """The run's config with ``auto``/None resolved: what the run actually does."""
-  from inforeg_jax.config import parse_flags
+  from inforeg_jax.flags import parse_flags
   cfg = parse_flags(argv)[0]
   return dataclasses.replace(cfg, window=cfg.resolved_window, threshold=cfg.resolved_threshold)
 
@@ -210,7 +210,8 @@ def populations(runs: list[Run]) -> list[list[Run]]:
   """The unfinished runs grouped into populations: one program (the config less the seed and
   the member-wise values) and one point of progress (a fresh run, or the epoch its checkpoints
   reached) each, at most MAX_MEMBERS members."""
-  from inforeg_jax.config import member_fields, parse_flags
+  from inforeg_jax.config import member_fields
+  from inforeg_jax.flags import parse_flags
   groups: dict = {}
   for run in runs:
     cfg = parse_flags(list(run.flags) + [f"--seed={run.seed}"])[0]
@@ -256,7 +257,7 @@ def train_population(members: list[Run], log_path: str) -> list[dict]:
     sys.stdout = sys.stderr = log
     try:
       from experiments.run import enable_compilation_cache
-      from inforeg_jax.config import parse_flags
+      from inforeg_jax.flags import parse_flags
       from inforeg_jax.trainer import train
       enable_compilation_cache()
       resume = resumable(members)

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 
-from inforeg_jax.config import parse_members
+from inforeg_jax.flags import parse_members
 
 
 def enable_compilation_cache() -> None:

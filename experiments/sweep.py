@@ -19,7 +19,8 @@ import itertools
 import os
 
 from experiments import cli, table
-from inforeg_jax.config import config_differences, from_dict, parse_flags
+from inforeg_jax.config import config_differences, from_dict
+from inforeg_jax.flags import parse_flags
 
 try:
   from inforeg_jax.data.records import MissingDataError

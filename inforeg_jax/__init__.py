@@ -22,3 +22,7 @@ def __getattr__(name):
   if name in _PUBLIC:
     return getattr(importlib.import_module(_PUBLIC[name]), name)
   raise AttributeError(f"module 'inforeg_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_PUBLIC))

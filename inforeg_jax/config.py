@@ -1,29 +1,26 @@
-"""Experiment configuration: one frozen dataclass, per-dataset presets, strict flags, members.
+"""Experiment configuration: one frozen dataclass, per-dataset presets, members.
 
 ``Config`` holds one run's settings; the run's method's options are ``cfg.options`` (flags
 ``--<group>.<name>``, e.g. ``--agm.alpha``), their dataclass registered with the method
 (`inforeg_jax.methods`), so groups, flags and ``--help`` follow the registry. Values resolve as
-defaults < dataset preset < ``--tiny`` < flags. The flags are strict: no abbreviations,
-booleans only as true/false (1/0, yes/no), finite numbers, every value checked before anything
-is built, every error one line, and an option of another method than the one run is refused.
+defaults < dataset preset < ``--tiny`` < overrides (`make_config`); every plain value is
+checked (choices, bounds, finiteness: `check_value`) when a Config is made, and an option of
+another method than the one run is refused. The command line that fills the overrides is
+`inforeg_jax.flags`.
 
 A population: the hyperparameters marked ``member`` (the seed, the optimizer's numbers, K,
-each method's key coefficient) take comma-separated lists (``--seeds=0,1,2``,
-``--learning_rate=0.003,0.01``); the product of the lists is the members, each one exactly
-the run it names (`parse_members`). This module imports no JAX, so ``--help`` is immediate.
+each method's key coefficient, `member_fields`) may vary across its members, each one exactly
+the run it names. This module imports no JAX, so ``--help`` is immediate.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import itertools
 import math
 import os
-import sys
 import types
 import typing
-from typing import Any, Sequence
+from typing import Any
 
 from inforeg_jax import methods
 from inforeg_jax.methods.options import option
@@ -86,6 +83,8 @@ class Config:
   checkpoint_every: int = option(1, "save a checkpoint after every this many epochs (and the "
                                  "last); a resumed run repeats at most this many, exactly",
                                  minimum=1)
+  plots: bool = option(True, "write accuracy.png, trace.png and alpha.png into the workdir (at "
+                       "the end, and at most every 30 s while training)")
   execution: str = option("auto", "how a population's members run: sequential (one after "
                           "another, each member bit for bit its single run) or vectorised "
                           "(jax.vmap over the members, faster on accelerators); auto: "
@@ -172,23 +171,28 @@ def _plain(value) -> bool:
   return value is None or isinstance(value, (bool, int, float, str))
 
 
+def check_value(meta, flag: str, value) -> None:
+  """A plain value against its field's metadata (``option``'s choices and bounds) and
+  finiteness; ValueError naming ``flag`` (``--epochs``, or a config file's setting)."""
+  if meta.get("choices") and value not in meta["choices"]:
+    raise ValueError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got "
+                     f"{value!r}")
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"{flag} must be a finite number; got {value!r}")
+  if meta.get("minimum") is not None and value < meta["minimum"]:
+    raise ValueError(f"{flag} must be >= {meta['minimum']}; got {value!r}")
+  if meta.get("maximum") is not None and value > meta["maximum"]:
+    raise ValueError(f"{flag} must be <= {meta['maximum']}; got {value!r}")
+
+
 def _check_fields(obj, prefix: str) -> None:
-  """Choices, bounds and finiteness of each plain value (a traced member value inside the
-  step was checked as a plain value when the population was made)."""
+  """`check_value` on each plain value (a traced member value inside the step was checked as
+  a plain value when the population was made)."""
   for f in dataclasses.fields(obj):
-    value, meta = getattr(obj, f.name), f.metadata
+    value = getattr(obj, f.name)
     if f.name == "options" or not _plain(value) or value is None:
       continue
-    flag = f"--{prefix}{f.name}"
-    if meta.get("choices") and value not in meta["choices"]:
-      raise ValueError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}; got "
-                       f"{value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ValueError(f"{flag} must be a finite number; got {value!r}")
-    if meta.get("minimum") is not None and value < meta["minimum"]:
-      raise ValueError(f"{flag} must be >= {meta['minimum']}; got {value!r}")
-    if meta.get("maximum") is not None and value > meta["maximum"]:
-      raise ValueError(f"{flag} must be <= {meta['maximum']}; got {value!r}")
+    check_value(f.metadata, f"--{prefix}{f.name}", value)
 
 
 # Per-dataset defaults: the paper's settings where the paper has them (a method's own
@@ -209,7 +213,7 @@ TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_s
 
 # What --resume may change: everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("epochs", "resume", "overwrite", "workdir", "eval_batch_size",
-                     "skip_nonfinite", "data_dir", "checkpoint_every")
+                     "skip_nonfinite", "data_dir", "checkpoint_every", "plots")
 
 
 def preset_values(dataset: str, tiny: bool = False) -> dict[str, Any]:
@@ -315,6 +319,25 @@ def member_fields() -> list[str]:
   return names
 
 
+def setting_fields() -> dict[str, dataclasses.Field]:
+  """Every setting by its flag name (``epochs``, ``agm.alpha``): the Config's fields and each
+  method's options."""
+  out = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
+  for group, cls in methods.groups().items():
+    out.update({f"{group}.{f.name}": f for f in dataclasses.fields(cls)})
+  return out
+
+
+def value_type(field: dataclasses.Field) -> type:
+  """int/float/str/bool of a setting, from its annotation (``int | None`` -> int)."""
+  hint = field.type if not isinstance(field.type, str) else eval(
+      field.type, {"float": float, "int": int, "str": str, "bool": bool, "None": None,
+                   "Any": str})
+  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    hint = next(a for a in typing.get_args(hint) if a is not type(None))
+  return hint
+
+
 def member_values(cfg: Config) -> dict[str, Any]:
   """The member-wise values of ``cfg`` (its method's), flat names; K resolved."""
   out = {}
@@ -339,229 +362,3 @@ def with_member_values(cfg: Config, values: dict[str, Any]) -> Config:
 def setting_name(values: dict[str, Any]) -> str:
   """A folder name for the member-wise values that vary (``learning_rate=0.01,agm.alpha=2``)."""
   return ",".join(f"{k}={v}" for k, v in values.items()) or "default"
-
-
-# ---------------------------------------------------------------- the command line
-
-
-def parse_bool(text: str) -> bool:
-  t = text.strip().lower()
-  if t in ("true", "1", "yes"):
-    return True
-  if t in ("false", "0", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _value_type(annotation):
-  """int/float/str/bool from a field's annotation (``int | None`` -> int)."""
-  hint = annotation if not isinstance(annotation, str) else eval(
-      annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None,
-                   "Any": str})
-  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-    hint = next(a for a in typing.get_args(hint) if a is not type(None))
-  return hint
-
-
-def _typed(kind, flag: str, member: bool = False):
-  def one(text: str):
-    if kind is bool:
-      return parse_bool(text)
-    try:
-      value = kind(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"{flag} expects {kind.__name__}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-      raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
-    return value
-
-  def convert(text: str):
-    if member and "," in text:
-      values = [one(t) for t in text.split(",")]
-      if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"{flag} lists a value twice: {text!r}")
-      return values
-    if "," in text and kind is not str:
-      listed = ", ".join("--" + n for n in member_fields())
-      raise argparse.ArgumentTypeError(f"{flag} takes one value: it changes the program (only "
-                                       f"{listed} take lists)")
-    return one(text)
-
-  convert.__name__ = kind.__name__
-  return convert
-
-
-def _add_fields(parser, cls, prefix: str, shown: dict[str, Any]):
-  for f in dataclasses.fields(cls):
-    if f.name == "options":
-      continue
-    name = prefix + f.name
-    kind = _value_type(f.type)
-    default = shown.get(name, f.default)
-    meta = f.metadata
-    text = meta.get("help", "")
-    if name == "method":
-      text += f" {{{', '.join(methods.names())}}}"
-    if meta.get("choices"):
-      text += f" {{{', '.join(map(str, meta['choices']))}}}"
-    if meta.get("member"):
-      text += " [list: one member each]"
-    text += f" (default: {default})" if default not in ("", None) else ""
-    kwargs = dict(dest=name, type=_typed(kind, "--" + name, meta.get("member", False)),
-                  default=None, help=text, metavar=kind.__name__.upper())
-    if kind is bool:  # --flag alone means true; --flag=false
-      kwargs.update(nargs="?", const=True, metavar="true|false")
-    parser.add_argument(f"--{name}", **kwargs)
-
-
-def _peek(argv: Sequence[str], name: str) -> str | None:
-  for a in argv:
-    if a.startswith(f"--{name}="):
-      return a.split("=", 1)[1]
-  return None
-
-
-def make_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-  """The strict parser; its help shows the defaults resolved for ``--dataset`` in ``argv``."""
-  dataset = _peek(argv, "dataset") or "synthetic"
-  shown = preset_values(dataset if dataset in DATASETS else "synthetic", "--tiny" in argv)
-  shown["dataset"] = dataset
-  parser = argparse.ArgumentParser(
-      prog="python -m experiments.run", allow_abbrev=False,
-      usage="python -m experiments.run [--name=value ...]   (--help lists them)",
-      description="Train a multimodal model with InfoReg or a baseline; writes metrics.jsonl, "
-      "summary.json, plots, TensorBoard events, log.txt and checkpoints into --workdir. "
-      "Flags marked [list] take comma-separated values: the product of the lists is a "
-      "population trained in one program, each member into its own workdir. Defaults shown "
-      f"for --dataset={dataset}.",
-      epilog="Methods: " + "; ".join(f"{n}: {e.doc}" for n, e in methods.REGISTRY.items()))
-  _add_fields(parser, Config, "", shown)
-  parser.add_argument("--seeds", dest="seed", type=_typed(int, "--seeds", True), default=None,
-                      metavar="INT,INT,...", help="the same as --seed (a list of seeds)")
-  parser.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke run")
-  parser.add_argument("--flagfile", metavar="FILE",
-                      help="read flags from FILE, one --name=value a line (# comments)")
-  parser.add_argument("--config", metavar="FILE",
-                      help="a Python config file defining `config = dict(name=value, ...)` "
-                      "(flat names, e.g. 'agm.alpha'); flags override it; stored in the "
-                      "workdir as config.py")
-  for group, cls in methods.groups().items():
-    docs = [n for n, e in methods.REGISTRY.items() if e.group == group]
-    g = parser.add_argument_group(f"{group} options (--method={'|'.join(docs)})")
-    _add_fields(g, cls, group + ".", shown)
-  dist = parser.add_argument_group("multi-host (jax.distributed.initialize)")
-  dist.add_argument("--distributed", action="store_true",
-                    help="initialise jax.distributed (auto-detects SLURM, TPU, ... when the "
-                    "three flags below are not given)")
-  dist.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-  dist.add_argument("--num_processes", type=_typed(int, "--num_processes"), default=None)
-  dist.add_argument("--process_id", type=_typed(int, "--process_id"), default=None)
-  return parser
-
-
-def _expand_flagfiles(argv: list[str], parser, seen: tuple[str, ...] = ()) -> list[str]:
-  out = []
-  for a in argv:
-    if a.startswith("--flagfile="):
-      path = a.split("=", 1)[1]
-      real = os.path.realpath(path)
-      if real in seen:
-        parser.error(f"--flagfile={path} includes itself (through {' -> '.join(seen)})")
-      try:
-        with open(path, "rb") as f:
-          text = f.read().decode("utf-8")
-      except OSError as e:
-        parser.error(f"--flagfile={path}: {e.strerror}")
-      except UnicodeDecodeError:
-        parser.error(f"--flagfile={path} is not a text file of flags")
-      lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-      out += _expand_flagfiles([line for line in lines if line], parser, seen + (real,))
-    else:
-      out.append(a)
-  return out
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-  """The ``config`` dict a Python config file defines (flat flag names, e.g. 'agm.alpha');
-  ValueError with one line when it cannot."""
-  try:
-    with open(path) as f:
-      source = f.read()
-  except OSError as e:
-    raise ValueError(f"--config={path}: {e.strerror}") from None
-  except UnicodeDecodeError:
-    raise ValueError(f"--config={path} is not a Python file") from None
-  scope: dict[str, Any] = {}
-  try:
-    exec(compile(source, path, "exec"), scope)
-  except Exception as e:
-    raise ValueError(f"--config={path}: {type(e).__name__}: {e}") from None
-  config = scope.get("config")
-  if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-    raise ValueError(f"--config={path} must define `config = dict(name=value, ...)`")
-  return dict(config)
-
-
-def _arguments(argv: Sequence[str] | None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  parser = make_parser(argv)
-  argv = _expand_flagfiles(argv, parser)
-  parser = make_parser(argv)
-  args = parser.parse_args(argv)
-  names = [f.name for f in dataclasses.fields(Config) if f.name != "options"]
-  names += [f"{g}.{f.name}" for g, cls in methods.groups().items()
-            for f in dataclasses.fields(cls)]
-  values = {}
-  if args.config:
-    try:
-      values = read_config_file(args.config)
-    except ValueError as e:
-      parser.error(str(e))
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-      parser.error(f"--config={args.config}: unknown setting(s) {', '.join(unknown)}")
-  values.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
-  dataset = values.pop("dataset", None) or "synthetic"
-  return parser, args, dataset, values
-
-
-def parse_members(argv: Sequence[str] | None = None) -> tuple[list[Config], argparse.Namespace]:
-  """The members a command line names: one Config per combination of the list-valued flags
-  (the seeds last), each in its own workdir; one Config when no flag is a list."""
-  parser, args, dataset, values = _arguments(argv)
-  lists = {k: v for k, v in values.items() if isinstance(v, list) and k != "seed"}
-  varying = list(lists)
-  if isinstance(values.get("seed"), list):
-    lists["seed"] = values["seed"]  # the seeds vary fastest
-  members = []
-  for combo in itertools.product(*lists.values()):
-    member = {**values, **dict(zip(lists, combo))}
-    if lists:
-      base = values.get("workdir") or ""
-      if not base:
-        method = member.get("method", Config.method)
-        mods = member.get("modalities") or ""
-        base = os.path.join("runs", dataset, method + (f"-{mods.replace(',', '+')}"
-                                                       if mods else ""))
-      setting = setting_name({k: member[k] for k in varying}) if varying else ""
-      member["workdir"] = os.path.join(base, setting, f"seed{member.get('seed', 0)}")
-    try:
-      members.append(make_config(dataset, tiny=args.tiny, **member))
-    except ValueError as e:
-      parser.error(str(e))
-  return members, args
-
-
-def parse_flags(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
-  """Config from ``--name=value`` flags (plus ``--tiny``, ``--config`` and the multi-host
-  flags); a list-valued flag is refused (`parse_members` takes them)."""
-  parser, args, dataset, values = _arguments(argv)
-  lists = [k for k, v in values.items() if isinstance(v, list)]
-  if lists:
-    parser.error(f"--{lists[0]} is a list here: one run takes one value (python -m "
-                 "experiments.run trains a list as a population)")
-  try:
-    cfg = make_config(dataset, tiny=args.tiny, **values)
-  except ValueError as e:
-    parser.error(str(e))
-  return cfg, args

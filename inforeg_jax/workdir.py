@@ -5,15 +5,19 @@ holds anything else (``--workdir=.``, a folder of the user's), and does not dele
 at once: `set_aside` moves it into ``.replaced/`` inside the workdir, `drop_aside` deletes it
 once the new run has saved its first epoch, and `restore_aside` puts it back if the new run
 stops before that. `Lock` keeps two runs from writing one workdir at once (an exclusive
-``flock`` on ``.lock``, released by the OS when a process dies).
+``flock`` on ``.lock``, released by the OS when a process dies). A population's members lie in
+``<workdir>/[<setting>/]seed<k>``: `check_resume_layout` refuses a --resume that names another
+layout than the one on disk.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import uuid
+from typing import Any
 
 LOCK = ".lock"
 ASIDE = ".replaced"
@@ -116,3 +120,63 @@ def restore_aside(workdir: str) -> None:
 
 def drop_aside(workdir: str) -> None:
   shutil.rmtree(os.path.join(workdir, ASIDE), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a population's member folders
+
+SEED_FOLDER = re.compile(r"seed\d+")
+
+
+def _setting_keys(folder: str) -> tuple[str, ...] | None:
+  """The setting names of a member folder (``learning_rate=0.01,agm.alpha=2``), None when it
+  is not one."""
+  keys = []
+  for part in folder.split(","):
+    key, eq, value = part.partition("=")
+    if not (key and eq and value):
+      return None
+    keys.append(key)
+  return tuple(sorted(keys))
+
+
+def runs_by_layout(base: str) -> dict[Any, list[str]]:
+  """The runs under ``base`` by the layout of their folders: ``"itself"`` (a run in
+  ``base``), ``()`` (``base/seed<k>``) or the names of the settings a population varied
+  (``base/<setting>/seed<k>``, `config.setting_name`)."""
+  found: dict[Any, list[str]] = {}
+  if used(base):
+    found["itself"] = [base]
+  try:
+    names = sorted(os.listdir(base))
+  except OSError:
+    return found
+  for name in names:
+    path = os.path.join(base, name)
+    keys = () if SEED_FOLDER.fullmatch(name) else _setting_keys(name)
+    if keys == ():
+      if used(path):
+        found.setdefault((), []).append(path)
+    elif keys is not None and os.path.isdir(path):
+      for sub in sorted(os.listdir(path)):
+        if SEED_FOLDER.fullmatch(sub) and used(os.path.join(path, sub)):
+          found.setdefault(keys, []).append(os.path.join(path, sub))
+  return found
+
+
+def check_resume_layout(workdirs: list[str], base: str, layout) -> None:
+  """A --resume whose members' folders (``workdirs``, laid out under ``base`` as ``layout``,
+  see `runs_by_layout`) hold no run while ``base`` holds runs laid out otherwise
+  (``learning_rate=0.01/seed0`` while the command names ``seed0``): RunError naming what is on
+  disk, instead of fresh runs beside the old ones. A new member in a layout that is on disk
+  (another seed) starts fresh, as a --resume into an empty workdir does."""
+  if any(used(w) for w in workdirs):
+    return
+  found = runs_by_layout(base)
+  if not found or layout in found:
+    return
+  held = [p for paths in found.values() for p in paths]
+  more = f" (and {len(held) - 2} more)" if len(held) > 2 else ""
+  named = workdirs[0] + (f" (and {len(workdirs) - 1} more)" if len(workdirs) > 1 else "")
+  raise RunError(f"--resume: the runs under {base} are {', '.join(held[:2])}{more}, but this "
+                 f"command names {named}, where there is none: give the list flags those runs "
+                 "were started with, or another --workdir for new runs")

@@ -387,6 +387,37 @@ def binary_flagfile(tmp):
   return RUN + [f"--flagfile={tmp}/flags"]
 
 
+def config_file(text: str, *flags: str):
+  """A run whose --config file (``{tmp}/cfg.py``) holds ``text``."""
+  def build(tmp):
+    with open(f"{tmp}/cfg.py", "w") as f:
+      f.write(text)
+    return RUN + TINY + [f"--config={tmp}/cfg.py", f"--workdir={tmp}/w", *flags]
+  return build
+
+
+def configdict_without_ml_collections(tmp):
+  """An ml_collections config file (a dataset preset) where ml_collections is not installed."""
+  return [sys.executable, "-c", "import sys, importlib.abc, runpy\n"
+          "class Block(importlib.abc.MetaPathFinder):\n"
+          "  def find_spec(self, name, path, target=None):\n"
+          "    if name.split('.')[0] == 'ml_collections':\n"
+          "      raise ModuleNotFoundError('not installed: ' + name, name=name)\n"
+          "sys.meta_path.insert(0, Block())\n"
+          "sys.argv = ['experiments.run'] + sys.argv[1:]\n"
+          "runpy.run_module('experiments.run', run_name='__main__', alter_sys=True)\n",
+          "--config=experiments/configs/avmnist.py", f"--workdir={tmp}/w"]
+
+
+def resume_another_layout(tmp):
+  """--resume of a population whose runs lie in <workdir>/learning_rate=0.01/seed<k>, the
+  command naming <workdir>/seed<k>: refused, no fresh runs beside the old ones."""
+  member = os.path.join(tmp, "w", "learning_rate=0.01", "seed0")
+  os.makedirs(member)
+  open(os.path.join(member, "metrics.jsonl"), "w").close()
+  return RUN + TINY + [f"--workdir={tmp}/w", "--seeds=0,1", "--learning_rate=0.01", "--resume"]
+
+
 def no_gpu(tmp):
   return [sys.executable, "-c", "import os, sys; os.environ['JAX_PLATFORMS'] = 'cuda'; "
           "from experiments.run import main; sys.exit(main(['--tiny']))"]
@@ -590,6 +621,54 @@ CASES: list[Case] = [
          "--epochs takes one value"),
     Case("a flagfile including itself", flagfile_including_itself, 2, "includes itself"),
     Case("a binary flagfile", binary_flagfile, 2, "not a text file"),
+    # config files, held to the flags' rules (each line names the file and the setting)
+    Case("a config file's string where a number belongs", config_file("config = dict("
+                                                                        "epochs='5')"), 2,
+         "cfg.py: epochs expects int, got '5'"),
+    Case("a config file's 2.5 for epochs", config_file("config = dict(epochs=2.5)"), 2,
+         "cfg.py: epochs expects int, got 2.5"),
+    Case("a config file's bool as a string", config_file("config = dict(resume='true')"), 2,
+         "cfg.py: resume expects true or false (a bool), got 'true'"),
+    Case("a config file's bool as an int", config_file("config = dict(resume=1)"), 2,
+         "cfg.py: resume expects true or false (a bool), got 1"),
+    Case("a config file's empty list", config_file("config = dict(learning_rate=[])"), 2,
+         "cfg.py: learning_rate is an empty list"),
+    Case("a config file's list of a program setting", config_file("config = dict(epochs=[2, 3])"),
+         2, "cfg.py: epochs=[2, 3] is a list: epochs takes one value"),
+    Case("a config file's list of one value", config_file("config = dict(seed=[3])"), 2,
+         "cfg.py: seed=[3] lists one value"),
+    Case("a config file's list with a value twice", config_file("config = dict(seed=[0, 0])"), 2,
+         "cfg.py: seed lists a value twice"),
+    Case("a config file's unknown setting", config_file("config = dict(nope=1)"), 2,
+         "cfg.py: unknown setting(s) nope"),
+    Case("a config file's NaN", config_file("config = dict(learning_rate=float('nan'))"), 2,
+         "cfg.py: learning_rate must be a finite number"),
+    Case("a config file's setting out of range", config_file("config = dict(width=0)"), 2,
+         "cfg.py: width must be >= 1"),
+    Case("a config file calling sys.exit(0)", config_file("import sys\nsys.exit(0)\n"), 2,
+         "called sys.exit(0) while being read"),
+    Case("a config file raising", config_file("raise RuntimeError('boom')\n"), 2,
+         "cfg.py: RuntimeError: boom"),
+    Case("a config file defining neither config nor get_config", config_file("x = 1\n"), 2,
+         "defines neither `config = dict(name=value, ...)` nor `get_config()`"),
+    Case("a ConfigDict config file without ml_collections", configdict_without_ml_collections, 2,
+         "ml_collections is not installed: pip install -e '.[train]'"),
+    Case("--config.epochs=x", config_file("config = dict(epochs=2)", "--config.epochs=x"), 2,
+         "--config.epochs expects int, got 'x'"),
+    Case("--config.epochs without --config", bad_flag("--config.epochs=3"), 2,
+         "no --config is given"),
+    # flags that contradict each other or make a population ambiguous
+    Case("--seeds=3, (a list of one value)", bad_flag("--seeds=3,"), 2,
+         "--seeds=3, lists one value: one run is --seeds=3"),
+    Case("--seed and --seeds disagreeing", lambda tmp: RUN + ["--seed=1", "--seeds=2,3"], 2,
+         "--seed=1 and --seeds=2,3 contradict each other"),
+    Case("--epochs and --config.epochs disagreeing",
+         config_file("config = dict(epochs=2)", "--epochs=3", "--config.epochs=4"), 2,
+         "--epochs=3 and --config.epochs=4 contradict each other"),
+    Case("--resume with --overwrite", lambda tmp: RUN + ["--resume", "--overwrite"], 2,
+         "--resume and --overwrite exclude each other"),
+    Case("--resume naming another layout of member folders", resume_another_layout, 2,
+         "learning_rate=0.01/seed0, but this command names"),
     Case("JAX_PLATFORMS=cuda without a GPU", no_gpu, 2, "no usable backend"),
     # the side commands
     Case("table with two copies of one seed", side("experiments.table", "{tmp}/runs",

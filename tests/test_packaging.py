@@ -15,7 +15,7 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "inforeg_jax", "experiments
            "tests")
 # What the core install lacks (pyproject's extras), blocked the way a core install lacks them.
 EXTRAS = ("orbax", "grain", "tqdm", "matplotlib", "sklearn", "tensorboardX", "scipy", "soundfile",
-          "av", "tensorflow_datasets", "PIL")
+          "av", "tensorflow_datasets", "PIL", "ml_collections")
 BLOCK = (
     "import sys, importlib.abc, runpy\n"
     "class Block(importlib.abc.MetaPathFinder):\n"
@@ -121,3 +121,26 @@ def test_table_runs_on_the_core_install(tmp_path):
   proc = subprocess.run([sys.executable, "-c", BLOCK, "experiments.table", str(tmp_path)],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.stderr.strip().splitlines() == [f"error: no summary.json under {tmp_path}"]
+
+
+def test_dir_lists_the_public_api():
+  import inforeg_jax
+  assert set(inforeg_jax.__all__) <= set(dir(inforeg_jax)), dir(inforeg_jax)
+  assert "__version__" in dir(inforeg_jax)
+
+
+def test_citation_cff_cites_the_software_and_the_paper():
+  """CITATION.cff is CFF 1.2.0 with its required keys, this version, and the paper."""
+  yaml = pytest.importorskip("yaml")
+  import inforeg_jax
+  with open(os.path.join(ROOT, "CITATION.cff")) as f:
+    cff = yaml.safe_load(f)
+  assert {"cff-version", "message", "title", "authors"} <= set(cff)
+  assert cff["cff-version"] == "1.2.0" and cff["title"] == "inforeg-jax"
+  assert str(cff["version"]) == inforeg_jax.__version__ and cff["license"] == "Apache-2.0"
+  assert cff["authors"] == [{"name": "inforeg-jax developers"}]
+  paper = cff["preferred-citation"]
+  assert paper["title"] == ("Adaptive Unimodal Regulation for Balanced Multimodal Information "
+                            "Acquisition") and paper["year"] == 2025
+  assert [a["family-names"] for a in paper["authors"]] == ["Huang", "Wei", "Yang", "Hu"]
+  assert all({"type", "title", "authors"} <= set(r) for r in [paper, *cff["references"]])

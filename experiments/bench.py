@@ -191,6 +191,66 @@ def bench_population(args) -> list[dict]:
   return rows
 
 
+def time_eval(program, ds, batch_size: int, repeats: int) -> float:
+  """Seconds of one compiled evaluation step (one member, a batch of ``batch_size``)."""
+  one = {"inputs": {k: v[:batch_size] for k, v in ds.test.items() if k != "label"},
+         "label": np.asarray(ds.test["label"][:batch_size]),
+         "mask": np.ones(batch_size, np.float32)}
+  batch = to_global(one, NamedSharding(program.mesh, P("data")))
+  state = program.unstack(program.state)[0]
+  for _ in range(3):
+    jax.block_until_ready(program._eval_step(state, batch))
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    out = program._eval_step(state, batch)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / repeats
+
+
+def bench_wall(args) -> list[dict]:
+  """Where a run's wall clock goes, against what its compiled steps cost: for each N of
+  --members, one population of N seeds trained by `trainer.train` (--run_epochs, default
+  the preset's epochs; its summary's session gives the split: start-up, training steps, the
+  method's end-of-epoch work, evaluation, writing), beside the compiled single-member train
+  and evaluation steps timed in a tight loop (the same data, no input pipeline or outputs)
+  times the run's steps and evaluation batches."""
+  train = train_extra()
+  full = load_dataset(args.dataset, args.data_dir)
+  rows = []
+  for method in args.methods.split(","):
+    [cfg] = member_configs(args, method, 1, execution="sequential")
+    steps = len(full.train["label"]) // cfg.batch_size
+    program = build_program(cfg, full, steps_per_epoch=steps)
+    step_s, _ = time_steps(program, population_batch(program, bench_first(full, cfg), 1),
+                           args.warmup, args.steps)
+    eval_s = time_eval(program, full, cfg.eval_batch_size, args.steps)
+    batches = sum(-(-len(s["label"]) // cfg.eval_batch_size)
+                  for s in (full.val, full.test) if s is not None)
+    for n in [int(x) for x in args.members.split(",")]:
+      tmp = tempfile.mkdtemp()
+      epochs = args.run_epochs or cfg.epochs
+      members = member_configs(args, method, n, execution="sequential", epochs=epochs,
+                               checkpoint_every=args.checkpoint_every, plots=args.plots)
+      members = [dataclasses.replace(c, workdir=f"{tmp}/{c.seed}") for c in members]
+      t0 = time.perf_counter()
+      summaries = train(members, full, progress=False)
+      total = time.perf_counter() - t0
+      wall = summaries[0]["sessions"][-1]["wall_s"]
+      compiled = n * epochs * (steps * step_s + batches * eval_s)
+      rows.append({"dataset": args.dataset, "method": method, "members": n, "epochs": epochs,
+                   "checkpoint_every": args.checkpoint_every, "plots": args.plots,
+                   "step_ms": round(step_s * 1e3, 3), "eval_batch_ms": round(eval_s * 1e3, 3),
+                   "compiled_s": round(compiled, 2), "wall_s": round(total, 2),
+                   "split_s": wall, "wall_over_compiled": round(total / compiled, 3)})
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def bench_first(ds, cfg):
+  """The dataset cut to its first batch (what `population_batch` reads)."""
+  return dataclasses.replace(ds, train={k: v[:cfg.batch_size] for k, v in ds.train.items()})
+
+
 def bench_runs(args, method: str, n: int, batch_size: int, train) -> dict:
   """Whole runs of --run_epochs epochs on the dataset: the N members as one population, and
   N single runs in turn, in this process (compile cache warm for both)."""
@@ -316,12 +376,16 @@ def per_example_batches(arrays, batch_size: int, threads: int):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.bench",
                               description=__doc__.split("\n")[0])
-  p.add_argument("--mode", choices=["step", "input", "population"], default="step")
+  p.add_argument("--mode", choices=["step", "input", "population", "wall"], default="step")
   p.add_argument("--members", default="1,2,4,8,16",
                  help="population mode: the population sizes N to time")
   p.add_argument("--run_epochs", type=int, default=0,
                  help="population mode: also time whole runs of this many epochs (0: steps "
                  "only)")
+  p.add_argument("--checkpoint_every", type=int, default=1,
+                 help="wall mode: the runs' --checkpoint_every")
+  p.add_argument("--plots", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                 help="wall mode: the runs' --plots (true/false)")
   p.add_argument("--torch_peer", action="store_true",
                  help="population mode: also time the same model as a PyTorch eager loop")
   p.add_argument("--dataset", choices=DATASETS, default="cremad")
@@ -350,8 +414,8 @@ def main(argv=None) -> int:
   if args.dataset not in SHAPES and not built_in and not args.data_dir:
     p.error(f"--mode={args.mode} --dataset={args.dataset} needs --data_dir (prepared by "
             f"data_prep.{args.dataset})")
-  rows = {"step": bench_step, "input": bench_input,
-          "population": bench_population}[args.mode](args)
+  rows = {"step": bench_step, "input": bench_input, "population": bench_population,
+          "wall": bench_wall}[args.mode](args)
   meta = {"command": "python -m experiments.bench " + " ".join(argv or sys.argv[1:]),
           "date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,
           "num_devices": jax.device_count(), "host": platform.node(), "jax": jax.__version__,

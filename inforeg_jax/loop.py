@@ -13,6 +13,7 @@ import dataclasses
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -277,6 +278,7 @@ class Epoch:
   series: list[dict[str, list[float]]]  # per-step coefficient series (plots)
   predictions: np.ndarray  # int [N, test examples], the fused test predictions
   stops: dict[int, str]  # members that stopped in this epoch: why
+  seconds: dict[str, float]  # wall clock: train (steps and their metrics), method, evaluate
 
 
 def epochs(loop: Loop, state, first_epoch: int, stopped: Sequence[bool],
@@ -310,12 +312,17 @@ def epochs(loop: Loop, state, first_epoch: int, stopped: Sequence[bool],
         check(records, len(records) - 2, epoch)
 
     before = list(stopped)
+    t0 = time.perf_counter()
     state, records = loop.train_epoch(state, epoch, on_step=step)
     check(records, len(records) - 1, epoch)
     means = epoch_means(loop.step_records(records))
+    t1 = time.perf_counter()
     state, method_rows = method.on_epoch_end(loop, state, epoch)
+    jax.block_until_ready(state)
+    t2 = time.perf_counter()
     val = loop.evaluate(state, loop.dataset.val) if loop.dataset.val is not None else None
     test, predicted = loop.evaluate(state, loop.dataset.test, predictions=True)
+    seconds = {"train": t1 - t0, "method": t2 - t1, "evaluate": time.perf_counter() - t2}
     rows, stops = [], {}
     for i, (train_m, _) in enumerate(means):
       if before[i] or stopped[i]:
@@ -331,6 +338,6 @@ def epochs(loop: Loop, state, first_epoch: int, stopped: Sequence[bool],
       pick = lambda d: None if d is None else {k: float(v[i]) for k, v in d.items()}
       rows.append({"epoch": epoch, **epoch_row(modalities, train_m, pick(val), pick(test)),
                    **{k: float(np.asarray(v)[i]) for k, v in method_rows.items()}})
-    yield Epoch(epoch, state, rows, [s for _, s in means], predicted, stops)
+    yield Epoch(epoch, state, rows, [s for _, s in means], predicted, stops, seconds)
     if all(stopped):
       return

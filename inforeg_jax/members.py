@@ -17,8 +17,10 @@ of a multi-host run do not share.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import subprocess
 from typing import Any, Sequence
 
 import jax
@@ -164,6 +166,7 @@ class Member:  # pragma: no mutate
   mngr: Any = None
   set_aside: bool = False
   saved: bool = False  # a checkpoint was written in this session
+  sessions: list = dataclasses.field(default_factory=list)  # `session` of each, this one last
 
   @property
   def done(self) -> int:
@@ -171,7 +174,7 @@ class Member:  # pragma: no mutate
 
   def open_outputs(self, modalities, writer: bool) -> None:
     self.reporter = Reporter(self.workdir, modalities, self.history, run_name=run_name(self.cfg),
-                             hparams=hparams(self.cfg), write=writer)
+                             hparams=hparams(self.cfg), write=writer, plots=self.cfg.plots)
 
   def record(self, row: dict, series: dict, predictions: np.ndarray, state, data: dict | None,
              elapsed: float, writer: bool) -> None:
@@ -190,7 +193,7 @@ class Member:  # pragma: no mutate
       checkpoint.save(self.mngr, epoch, state,  # every process: orbax writes collectively
                       {"history": self.history, "series": self.series,
                        "config": self.cfg.to_dict(), "data": data,
-                       "train_seconds": self.seconds + elapsed},
+                       "train_seconds": self.seconds + elapsed, "sessions": self.sessions},
                       best_epoch=max(self.history, key=lambda r: r[rank])["epoch"])
       self.saved = True
     if self.saved and self.set_aside and writer:
@@ -206,6 +209,7 @@ class Member:  # pragma: no mutate
     else:  # the time through its last epoch's evaluation, as its checkpoint holds it
       summary = run_summary(self.cfg, self.history, self.history[-1]["time_s"], self.workdir,
                             self.stopped, members)
+      summary["sessions"] = self.sessions
       write = writer
     if write:
       with open(os.path.join(self.workdir, "summary.json"), "w") as f:
@@ -257,6 +261,7 @@ def restore_members(members: list[Member], program: Program, identity: dict | No
     state, saved = restored
     m.history, m.series = list(saved["history"]), dict(saved.get("series", {}))
     m.seconds = float(saved.get("train_seconds", 0.0))
+    m.sessions = list(saved.get("sessions", []))
     states.append(state)
   epochs = {m.done for m in members if not m.stopped}
   if len(epochs) > 1:  # a member's checkpoints stop earlier than the others' (none of epoch
@@ -264,6 +269,31 @@ def restore_members(members: list[Member], program: Program, identity: dict | No
         f"--resume: the members' checkpoints are of different epochs ({sorted(epochs)}): "
         "resume them one at a time")
   return program.place(stack(states))
+
+
+@functools.cache
+def code_commit() -> dict:
+  """The code's git commit, and whether tracked files differ from it (None outside a clone)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True,
+                                    timeout=30).stdout.strip()
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
+  return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def session(program: Program, first_epoch: int) -> dict:
+  """What this session ran on: everything besides the config and the data that can change a
+  number (the population, how its members ran, the devices, XLA's thread settings, the code),
+  and later its wall clock split (`trainer`)."""
+  return {"first_epoch": first_epoch, "population": program.members,
+          "execution": "vectorised" if program.vectorised else "sequential",
+          "backend": jax.default_backend(), "num_devices": jax.device_count(),
+          "num_processes": jax.process_count(), "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), **code_commit()}
 
 
 def run_name(cfg: Config) -> str:

@@ -22,13 +22,16 @@ import sys
 import time
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 PLOT_SECONDS = 30.0  # plotting costs about a second: a small CPU run's epoch is a few
+
+
+def pyplot():
+  """matplotlib's pyplot (Agg), imported on the first plot: a run without plots (--plots=
+  false) does not pay its import."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def json_safe(value):
@@ -65,9 +68,10 @@ class Reporter:
   process 0 writes (``write=False`` elsewhere)."""
 
   def __init__(self, workdir: str, modalities: Sequence[str], history: Sequence[dict],
-               run_name: str = "", hparams: dict[str, Any] | None = None, write: bool = True):
+               run_name: str = "", hparams: dict[str, Any] | None = None, write: bool = True,
+               plots: bool = True):
     self.workdir, self.modalities = workdir, list(modalities)
-    self.run_name, self.hparams, self.write = run_name, hparams or {}, write
+    self.run_name, self.hparams, self.write, self.plots = run_name, hparams or {}, write, plots
     self.plotted = time.monotonic()  # of the last plot: the first after PLOT_SECONDS
     self.log = open(os.path.join(workdir, "metrics.jsonl"), "w") if write else None
     for row in history if write else ():  # the rows so far (a resumed run's)
@@ -92,7 +96,7 @@ class Reporter:
       for i, v in enumerate(values):
         self.tb.add_scalar(f"step/{k}", v, start + i)
     self.tb.flush()
-    if time.monotonic() - self.plotted > PLOT_SECONDS:
+    if self.plots and time.monotonic() - self.plotted > PLOT_SECONDS:
       self.plot(history, series)
 
   def _title(self, ax, what: str) -> None:
@@ -100,6 +104,8 @@ class Reporter:
 
   def plot(self, history: Sequence[dict], series: dict[str, list[float]]) -> None:
     self.plotted = time.monotonic()
+    plt = pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(epochs, [r["acc"] for r in history], label="fused (test)", lw=2, color="k")
@@ -108,7 +114,7 @@ class Reporter:
               ls="--", color="k")
     for i, m in enumerate(self.modalities):
       ax.plot(epochs, [r[f"acc_{m}"] for r in history], label=f"{m} (test)",
-              color=COLORS[i % len(COLORS)])
+              color=colors[i % len(colors)])
     ax.set(xlabel="epoch", ylabel="accuracy")
     self._title(ax, "Accuracy")
     ax.legend(fontsize=8)
@@ -117,7 +123,7 @@ class Reporter:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     top = max((r[f"trace_{m}"] or 0) for r in history for m in self.modalities) or 1.0
     for i, m in enumerate(self.modalities):
-      color = COLORS[i % len(COLORS)]
+      color = colors[i % len(colors)]
       values = [r[f"trace_{m}"] for r in history]
       ax.plot(epochs, values, marker="o", ms=4, mfc="white", color=color, label=f"{m}: Tr(F)")
       flags = [r.get(f"window_{m}", r.get("window", 0.0)) > 0.5 for r in history]
@@ -140,7 +146,7 @@ class Reporter:
       for e in range(1, len(history)):
         ax.axvline(e * steps_per_epoch, color="0.85", lw=0.8, zorder=0)
       for i, (k, values) in enumerate(sorted(series.items())):
-        ax.plot(values, label=k, lw=1.2, color=COLORS[i % len(COLORS)])
+        ax.plot(values, label=k, lw=1.2, color=colors[i % len(colors)])
       low = min(min(v) for v in series.values())
       high = max(max(v) for v in series.values())
       pad = 0.05 * (high - low) or 0.1
@@ -154,7 +160,7 @@ class Reporter:
   def _save(self, fig, name: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(self.workdir, name), dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
 
   def close(self, history: Sequence[dict], series: dict[str, list[float]],
             trained: bool = True) -> None:
@@ -162,7 +168,7 @@ class Reporter:
     re-report of a finished run adds none)."""
     if not self.write:
       return
-    if history:
+    if history and self.plots:
       self.plot(history, series)
     if history and self.hparams and trained:
       last = history[-1]

@@ -47,6 +47,7 @@ def train(cfgs: Config | Sequence[Config], dataset=None, progress: bool | None =
   """Trains a config (returns its summary) or the members of a population (returns their
   summaries), writing ``<workdir>/summary.json`` for each. ``files``: {name: text} written
   into every member's workdir (e.g. the --config file, as config.py)."""
+  started = time.perf_counter()
   single = isinstance(cfgs, Config)
   cfgs = [cfgs] if single else list(cfgs)
   members_lib.check_members(cfgs)
@@ -59,7 +60,7 @@ def train(cfgs: Config | Sequence[Config], dataset=None, progress: bool | None =
       if writer:  # before anything reads the workdir: another run may be writing it
         locks.append(workdir_lib.Lock(m.workdir))
       members_lib.check_resume_early(m.cfg, m.workdir)
-    summaries = _train(members, dataset, progress, files or {}, writer)
+    summaries = _train(members, dataset, progress, files or {}, writer, started)
   finally:
     for lock in locks:
       lock.release()
@@ -80,7 +81,8 @@ def _dataset(cfg: Config, dataset):
   return dataset
 
 
-def _train(members: list[Member], dataset, progress, files, writer):  # pragma: no mutate
+def _train(members: list[Member], dataset, progress, files, writer,
+           started: float):  # pragma: no mutate
   cfg = members[0].cfg
   dataset = _dataset(cfg, dataset)
   steps = pipeline.steps_per_epoch(dataset.train, cfg.batch_size)
@@ -115,7 +117,7 @@ def _train(members: list[Member], dataset, progress, files, writer):  # pragma: 
           with open(os.path.join(m.workdir, name), "w") as f:
             f.write(text)
     log.open()
-    return _run(members, loop, state, steps, log, progress, writer)
+    return _run(members, loop, state, steps, log, progress, writer, started)
   finally:
     for m in members:
       if m.mngr is not None:
@@ -125,13 +127,22 @@ def _train(members: list[Member], dataset, progress, files, writer):  # pragma: 
     log.close()
 
 
-def _run(members: list[Member], loop, state, steps, log, progress, writer):  # pragma: no mutate
-  """The epochs, each member's outputs, the summaries."""
+def _run(members: list[Member], loop, state, steps, log, progress, writer,
+         started: float):  # pragma: no mutate
+  """The epochs, each member's outputs, the summaries. Each member's summary and checkpoints
+  record this session (`members.session`) with its wall clock split: start-up (imports
+  excluded: from `train`'s call to the first epoch), the training steps, the method's
+  end-of-epoch work, evaluation, and writing (outputs, checkpoints)."""
   cfg, n = loop.cfg, len(members)
   modalities = loop.dataset.modalities
   first_epoch = min((m.done for m in members if not m.stopped), default=cfg.epochs)
   for m in members:
     m.open_outputs(modalities, writer)
+  session = members_lib.session(loop.program, first_epoch)
+  wall = session["wall_s"] = {"startup": 0.0, "train": 0.0, "method": 0.0, "evaluate": 0.0,
+                              "write": 0.0}
+  for m in members:
+    m.sessions.append(session)
   interactive = sys.stderr.isatty() if progress is None else progress
   bar = tqdm(total=cfg.epochs * steps, initial=first_epoch * steps, unit="step",
              desc=f"{cfg.dataset}/{cfg.method}" + (f" x{n}" if n > 1 else ""),
@@ -153,6 +164,7 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer):  # p
 
   stop = loop_lib.StopAtStep()
   t0 = time.time()
+  wall["startup"] = time.perf_counter() - started
 
   def on_step():
     stop.check()
@@ -162,6 +174,9 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer):  # p
     for result in loop_lib.epochs(loop, state, first_epoch, [bool(m.stopped) for m in members],
                                   on_step, nonfinite):
       elapsed = time.time() - t0
+      for k, v in result.seconds.items():
+        wall[k] += v
+      written = time.perf_counter()
       for i, why in result.stops.items():
         halt(i, why)
       for m, row, series in zip(members, result.rows, result.series):
@@ -173,6 +188,7 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer):  # p
                    f"{row['acc']:.3f} " + " ".join(f"{k} {row[f'acc_{k}']:.3f}"
                                                    for k in modalities),
                    console=not interactive)
+      wall["write"] += time.perf_counter() - written
       stop.check()  # a signal during evaluation or the saves stops here, the epoch saved
       live = [m for m in members if not m.stopped]
       if live:
@@ -180,8 +196,12 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer):  # p
   finally:
     stop.restore()
     bar.close()
+    closing = time.perf_counter()
     for m in members:
       m.reporter.close(m.history, m.series, trained=first_epoch < cfg.epochs)
+    wall["write"] += time.perf_counter() - closing
+    for k in wall:
+      wall[k] = round(wall[k], 3)
 
   summaries = [m.write_summary(n, writer) for m in members]
   stopped = [m for m in members if m.stopped]

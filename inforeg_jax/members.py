@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -167,6 +168,7 @@ class Member:  # pragma: no mutate
   set_aside: bool = False
   saved: bool = False  # a checkpoint was written in this session
   sessions: list = dataclasses.field(default_factory=list)  # `session` of each, this one last
+  predictions_sha256: str | None = None  # of the last test_predictions.npy written
 
   @property
   def done(self) -> int:
@@ -184,7 +186,9 @@ class Member:  # pragma: no mutate
     epoch = row["epoch"]
     self.history.append(row)
     if writer:  # the epoch's test predictions, for intervals over test examples
-      np.save(os.path.join(self.workdir, "test_predictions.npy"), predictions.astype(np.int16))
+      predictions = np.ascontiguousarray(predictions, np.int16)
+      np.save(os.path.join(self.workdir, "test_predictions.npy"), predictions)
+      self.predictions_sha256 = hashlib.sha256(predictions.tobytes()).hexdigest()
     for k, values in series.items():
       self.series.setdefault(k, []).extend(values)
     self.reporter.epoch(row, series, self.history, self.series)
@@ -200,21 +204,33 @@ class Member:  # pragma: no mutate
       workdir_lib.drop_aside(self.workdir)
       self.set_aside = False
 
-  def write_summary(self, members: int, writer: bool) -> dict:
+  def write_summary(self, members: int, writer: bool, data: dict | None = None) -> dict:
     """The member's summary (a member stopped in its first epoch: why, where its results
-    would be), written to summary.json."""
+    would be), written to summary.json: with the data it trained on (``data``: the
+    dataset's identity), its sessions and the checksum of its test predictions' values."""
     if not self.history:
       summary = {"workdir": self.workdir, "stopped": self.stopped, "config": self.cfg.to_dict()}
       write = writer and self.stopped
     else:  # the time through its last epoch's evaluation, as its checkpoint holds it
       summary = run_summary(self.cfg, self.history, self.history[-1]["time_s"], self.workdir,
                             self.stopped, members)
-      summary["sessions"] = self.sessions
+      summary.update(data=data, sessions=self.sessions,
+                     predictions_sha256=self.predictions_sha256 or predictions_digest(
+                         os.path.join(self.workdir, "test_predictions.npy")))
       write = writer
     if write:
       with open(os.path.join(self.workdir, "summary.json"), "w") as f:
         json.dump(json_safe(summary), f, indent=2)
     return summary
+
+
+def predictions_digest(path: str) -> str | None:
+  """sha256 of the values of a saved test_predictions.npy (None when there is none)."""
+  try:
+    values = np.ascontiguousarray(np.load(path), np.int16)
+  except (OSError, ValueError):
+    return None
+  return hashlib.sha256(values.tobytes()).hexdigest()
 
 
 def stopped_before(workdir: str) -> str | None:

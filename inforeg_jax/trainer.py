@@ -203,7 +203,7 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer,
     for k in wall:
       wall[k] = round(wall[k], 3)
 
-  summaries = [m.write_summary(n, writer) for m in members]
+  summaries = [m.write_summary(n, writer, loop.dataset.identity) for m in members]
   stopped = [m for m in members if m.stopped]
   if stopped and len(stopped) == n and n > 1:
     raise RunError(f"every member stopped: {stopped[0].stopped}")

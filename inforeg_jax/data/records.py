@@ -436,4 +436,5 @@ def identity(manifest: Mapping) -> dict:
   digest = hashlib.sha256(json.dumps(
       {"files": {k: v.get("sha256") for k, v in sorted(files.items())},
        "options": manifest.get("options")}, sort_keys=True, default=str).encode()).hexdigest()
-  return {"version": manifest.get("version"), "sha256": digest}
+  return {"version": manifest.get("version"), "sha256": digest,
+          **{k: manifest[k] for k in ("name", "variant", "fold") if manifest.get(k) is not None}}

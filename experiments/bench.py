@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from experiments import cli
-from inforeg_jax.config import DATASETS, make_config
+from inforeg_jax.config import make_config
+from inforeg_jax.datasets import names as dataset_names
 from inforeg_jax.methods import names as method_names
 
 from inforeg_jax.data import Dataset, load_dataset
@@ -388,7 +389,7 @@ def main(argv=None) -> int:
                  help="wall mode: the runs' --plots (true/false)")
   p.add_argument("--torch_peer", action="store_true",
                  help="population mode: also time the same model as a PyTorch eager loop")
-  p.add_argument("--dataset", choices=DATASETS, default="cremad")
+  p.add_argument("--dataset", choices=dataset_names(), default="cremad")
   p.add_argument("--methods", default="joint,inforeg")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch_size", type=int, default=0)

@@ -22,10 +22,9 @@ import types
 import typing
 from typing import Any
 
-from inforeg_jax import methods
+from inforeg_jax import datasets, methods
 from inforeg_jax.methods.options import option
 
-DATASETS = ("synthetic", "avmnist", "cremad", "kinetics_sounds", "mosi")
 WINDOWS = ("auto", "prime", "whole", "other")
 MAX_SEED = 2**31 - 1  # the seed becomes an int32 PRNG key inside the step
 
@@ -34,9 +33,9 @@ MAX_SEED = 2**31 - 1  # the seed becomes an int32 PRNG key inside the step
 class Config:
   """One run. Help texts are the CLI's (``python -m experiments.run --help``)."""
 
-  dataset: str = option("synthetic", "the data: synthetic is built in; the others are read "
-                        "from --data_dir, prepared by python -m data_prep.<dataset>",
-                        choices=DATASETS)
+  dataset: str = option("synthetic", "the data (inforeg_jax/datasets): synthetic is built in; "
+                        "the others are read from --data_dir, prepared by python -m "
+                        "data_prep.<dataset>")
   method: str = option(methods.DEFAULT, "the balancing method (README, Methods)")
   epochs: int = option(30, "training epochs", minimum=1)
   seed: int = option(0, "seed of the initialisation, data order and augmentation (a list: one "
@@ -96,6 +95,7 @@ class Config:
   options: Any = None  # the method's options (`methods.Entry.options`), flags --<group>.<name>
 
   def __post_init__(self):
+    datasets.get(self.dataset)  # a registered dataset (ValueError naming them)
     if self.method not in methods.REGISTRY:
       raise ValueError(f"--method must be one of {', '.join(methods.names())}; got "
                        f"{self.method!r}")
@@ -195,19 +195,6 @@ def _check_fields(obj, prefix: str) -> None:
     check_value(f.metadata, f"--{prefix}{f.name}", value)
 
 
-# Per-dataset defaults: the paper's settings where the paper has them (a method's own
-# per-dataset defaults live with its options: ``dataset_defaults``).
-PRESETS: dict[str, dict[str, Any]] = {
-    # our data: chosen on the validation split (docs/RESULTS.md), sized for a 2-core CPU
-    "synthetic": {"epochs": 20, "learning_rate": 0.01, "lr_step_epochs": 15,
-                  "encoder": "small_cnn", "width": 12},
-    "avmnist": {"epochs": 20, "learning_rate": 0.01, "lr_step_epochs": 15,
-                "encoder": "small_cnn", "width": 8, "stem_stride": 2},
-    "cremad": {"epochs": 50, "learning_rate": 0.002, "encoder": "resnet18", "width": 64},
-    "kinetics_sounds": {"epochs": 50, "learning_rate": 0.002, "encoder": "resnet18", "width": 64},
-    "mosi": {"epochs": 30, "learning_rate": 1e-3, "encoder": "transformer", "width": 64,
-             "batch_size": 32},
-}
 # Tiny shapes for tests and CPU smoke runs (--tiny); a method's own: ``dataset_defaults["tiny"]``.
 TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_size": 64}
 
@@ -219,7 +206,7 @@ RESUMABLE_CHANGES = ("epochs", "resume", "overwrite", "workdir", "eval_batch_siz
 def preset_values(dataset: str, tiny: bool = False) -> dict[str, Any]:
   """The flat ("group.name" for options) values a dataset preset (and --tiny) set, the
   methods' own per-dataset defaults included."""
-  values = dict(PRESETS.get(dataset, {}))
+  values = dict(datasets.REGISTRY[dataset].preset) if dataset in datasets.REGISTRY else {}
   for group, cls in methods.groups().items():
     for key in (dataset, "tiny") if tiny else (dataset,):
       for name, value in getattr(cls, "dataset_defaults", {}).get(key, {}).items():

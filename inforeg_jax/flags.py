@@ -29,8 +29,9 @@ import sys
 from typing import Any, Sequence
 
 from inforeg_jax import methods, workdir as workdir_lib
-from inforeg_jax.config import (DATASETS, Config, check_value, make_config, member_fields,
-                                preset_values, setting_fields, setting_name, value_type)
+from inforeg_jax import datasets
+from inforeg_jax.config import (Config, check_value, make_config, member_fields, preset_values,
+                                setting_fields, setting_name, value_type)
 from inforeg_jax.config_file import read_config_file
 
 
@@ -93,6 +94,8 @@ def _add_fields(parser, cls, prefix: str, shown: dict[str, Any], dest_prefix: st
     text = meta.get("help", "")
     if name == "method":
       text += f" {{{', '.join(methods.names())}}}"
+    if name == "dataset":
+      text += f" {{{', '.join(datasets.names())}}}"
     if meta.get("choices"):
       text += f" {{{', '.join(map(str, meta['choices']))}}}"
     if meta.get("member"):
@@ -117,7 +120,8 @@ def _peek(argv: Sequence[str], name: str) -> str | None:
 def make_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
   """The strict parser; its help shows the defaults resolved for ``--dataset`` in ``argv``."""
   dataset = _peek(argv, "dataset") or "synthetic"
-  shown = preset_values(dataset if dataset in DATASETS else "synthetic", "--tiny" in argv)
+  shown = preset_values(dataset if dataset in datasets.REGISTRY else "synthetic",
+                        "--tiny" in argv)
   shown["dataset"] = dataset
   parser = argparse.ArgumentParser(
       prog="python -m experiments.run", allow_abbrev=False,
@@ -213,6 +217,8 @@ def _flag_values(parser, args) -> dict[str, Any]:
       for v in value if isinstance(value, list) else [value]:
         if name == "method" and v not in methods.REGISTRY:
           raise ValueError(f"{flag} must be one of {', '.join(methods.names())}; got {v!r}")
+        if name == "dataset" and v not in datasets.REGISTRY:
+          raise ValueError(f"{flag} must be one of {', '.join(datasets.names())}; got {v!r}")
         check_value(field.metadata, flag, v)
     except ValueError as e:
       parser.error(str(e))

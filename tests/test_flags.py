@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from inforeg_jax import methods
-from inforeg_jax.config import DATASETS, PRESETS, config_differences, make_config, preset_values
+from inforeg_jax import datasets
+from inforeg_jax.config import config_differences, make_config, preset_values
 from inforeg_jax.config_file import read_config_file
 from inforeg_jax.flags import make_parser, parse_flags, parse_members
 
@@ -236,13 +237,14 @@ def test_ml_collections_config_and_its_overrides(tmp_path, capsys):
   assert f"--config={f}: epochs expects int, got 2.5" == refused([f"--config={f}"], capsys)
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", datasets.names())
 def test_the_preset_files_are_the_presets(dataset):
   pytest.importorskip("ml_collections")
   path = os.path.join(CONFIGS, f"{dataset}.py")
   values = read_config_file(path)
   top = {k: v for k, v in preset_values(dataset).items() if "." not in k}
-  assert values == {"dataset": dataset, **PRESETS[dataset]} == {"dataset": dataset, **top}
+  preset = datasets.get(dataset).preset
+  assert values == {"dataset": dataset, **preset} == {"dataset": dataset, **top}
   # the methods' own defaults on this dataset come with it, as with --dataset
   for method in methods.names():
     assert parse_flags([f"--config={path}", f"--method={method}"])[0] == parse_flags(

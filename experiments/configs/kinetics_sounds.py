@@ -3,7 +3,7 @@
   python -m experiments.run --config=experiments/configs/kinetics_sounds.py
       [--config.<name>=value ...]
 
-is ``--dataset=kinetics_sounds``: the numbers are `inforeg_jax.config.PRESETS`'s (kept in one
+is ``--dataset=kinetics_sounds``: the numbers are its `inforeg_jax.datasets` entry's (kept in one
 place), and the methods' own defaults on this dataset follow from ``dataset`` as from the flag.
 Its values, like flags, override ``--tiny``: a smoke run is ``--dataset=kinetics_sounds
 --tiny``.
@@ -11,9 +11,10 @@ Its values, like flags, override ``--tiny``: a smoke run is ``--dataset=kinetics
 
 import ml_collections
 
-from inforeg_jax.config import PRESETS
+from inforeg_jax import datasets
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The hyperparameters of a run on the Kinetics-Sounds preset."""
-  return ml_collections.ConfigDict({"dataset": "kinetics_sounds", **PRESETS["kinetics_sounds"]})
+  preset = datasets.get("kinetics_sounds").preset
+  return ml_collections.ConfigDict({"dataset": "kinetics_sounds", **preset})

@@ -3,16 +3,16 @@
   python -m experiments.run --config=experiments/configs/synthetic.py
       [--config.<name>=value ...]
 
-is ``--dataset=synthetic``: the numbers are `inforeg_jax.config.PRESETS`'s (kept in one place),
+is ``--dataset=synthetic``: the numbers are its `inforeg_jax.datasets` entry's (kept in one place),
 and the methods' own defaults on this dataset follow from ``dataset`` as from the flag. Its
 values, like flags, override ``--tiny``: a smoke run is ``--dataset=synthetic --tiny``.
 """
 
 import ml_collections
 
-from inforeg_jax.config import PRESETS
+from inforeg_jax import datasets
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The hyperparameters of a run on the synthetic-data preset."""
-  return ml_collections.ConfigDict({"dataset": "synthetic", **PRESETS["synthetic"]})
+  return ml_collections.ConfigDict({"dataset": "synthetic", **datasets.get("synthetic").preset})

@@ -2,7 +2,7 @@
 
 Kept free of JAX so that the CLI (``--help``) starts at once; the registry
 (`inforeg_jax.methods`) names each method's options class beside the method. Defaults are the
-method's paper or official code unless a dataset preset (``config.PRESETS``) says otherwise;
+method's paper or official code unless a dataset preset (`inforeg_jax.datasets`) says otherwise;
 every field says where its default comes from. ``member=True`` marks a hyperparameter that a
 population may vary across its members (a list-valued flag): it is a traced value inside the
 step, never a shape or a branch of the program.

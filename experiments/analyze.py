@@ -13,7 +13,8 @@
       (Figs. 7/8: accuracy against InfoReg's beta or K, mean and std over the seeds of
        experiments.results' table, joint training's mean as the reference line)
 
-RUN is a run's workdir (metrics.jsonl, summary.json, checkpoints/).
+RUN is a run's workdir (metrics.jsonl, summary.json, checkpoints/), read by
+`experiments.runs` (a damaged file is one line naming it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, runs
 
 try:
   import jax
@@ -49,46 +50,6 @@ except ModuleNotFoundError as e:  # the core install: no matplotlib, orbax, ...
                    "pip install -e '.[train]'") from None
 
 
-def read_rows(run: str) -> list[dict]:
-  """The run's metrics.jsonl, a dict per epoch; one ``error:`` line when it cannot be used."""
-  path = os.path.join(run, "metrics.jsonl")
-  try:
-    with open(path) as f:
-      lines = f.read().splitlines()
-  except OSError as e:
-    raise SystemExit(f"error: cannot read {path}: {e.strerror} (is {run} a run folder?)") from None
-  rows = []
-  for i, line in enumerate(lines, 1):
-    try:
-      row = json.loads(line)
-    except ValueError:
-      row = None
-    if not isinstance(row, dict) or "epoch" not in row:
-      raise SystemExit(f"error: {path}: line {i} is not an epoch's JSON (truncated or damaged); "
-                       "rerun that run with --resume")
-    rows.append(row)
-  if not rows:
-    raise SystemExit(f"error: {path} holds no epoch yet")
-  return rows
-
-
-def read_summary(run: str) -> dict | None:
-  """The run's summary.json (None when there is none: a run not finished)."""
-  path = os.path.join(run, "summary.json")
-  try:
-    with open(path) as f:
-      s = json.load(f)
-  except FileNotFoundError:
-    return None
-  except OSError as e:
-    raise SystemExit(f"error: cannot read {path}: {e.strerror}") from None
-  except ValueError as e:
-    raise SystemExit(f"error: {path} is not valid JSON (truncated or damaged: {e})") from None
-  if not isinstance(s, dict) or not isinstance(s.get("config"), dict):
-    raise SystemExit(f"error: {path} is not a run's summary (no config)")
-  return s
-
-
 def save(out: str, fig, numbers: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.tight_layout()
@@ -99,26 +60,27 @@ def save(out: str, fig, numbers: dict) -> None:
   print(f"wrote {out}.png and {out}.json")
 
 
-def run_label(run: str) -> str:
+def run_label(run: runs.Run) -> str:
   """method (modalities) seed k, from the run's summary (its folder name otherwise)."""
-  s = read_summary(run)
-  if s is None:
-    return os.path.basename(os.path.normpath(run))
+  s = run.summary
+  if s is None or "method" not in s:
+    return os.path.basename(run.path)
   mods = s["config"].get("modalities")
   group = s["method"].split("_")[0]  # inforeg_uni's options are inforeg's
   defaults = make_config(s["dataset"], method=s["method"]).to_dict().get(group, {})
   changed = [f"{k}={v}" for k, v in s["config"].get(group, {}).items() if defaults.get(k) != v]
   return (f"{s['method']}{f' ({mods})' if mods else ''}{''.join(' ' + c for c in changed)}"
-          f" seed {s['seed']}")
+          f" seed {run.seed}")
 
 
-def traces(runs: list[str], out: str) -> dict:
+def traces(paths: list[str], out: str) -> dict:
   """Fig. 1/5: Tr(F_m) per epoch of each run and modality; the epochs a modality was in its
   prime learning window (InfoReg's window_<m>, else the run's window flag) drawn filled."""
   numbers = {}
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for k, run in enumerate(runs):
-    rows = read_rows(run)
+  for k, path in enumerate(paths):
+    run = runs.read(path)
+    rows = runs.rows(run)
     label = run_label(run)
     epochs = [r["epoch"] for r in rows]
     for key in rows[0]:
@@ -167,19 +129,19 @@ def eq11_noise(rows: list[dict], m: str, threshold: float) -> dict:
           "median_noise": float(np.median([e["noise"] for e in epochs])) if epochs else None}
 
 
-def windows(runs: list[str], out: str) -> dict:
+def windows(paths: list[str], out: str) -> dict:
   """InfoReg's window per run and modality: epochs open, first and last open epoch, the
   longest open stretch, the regulated epochs and alpha's range over them, and whether each
   Eq. 11 decision stood above the trace's estimation noise (`eq11_noise`). Writes JSON
   only."""
   per_run = {}
-  for run in runs:
-    rows = read_rows(run)
-    s = read_summary(run)
+  for path in paths:
+    run = runs.read(path)
+    rows = runs.rows(run)
     try:  # the run's K, resolved as the run resolved it
-      threshold = from_dict((s or {}).get("config", {})).resolved_threshold
+      threshold = from_dict(run.config).resolved_threshold
     except (ValueError, TypeError) as e:
-      raise SystemExit(f"error: {run}/summary.json: its config is not this version's ({e})"
+      raise SystemExit(f"error: {run.path}/summary.json: its config is not this version's ({e})"
                        ) from None
     stats = {}
     for key in rows[0]:
@@ -200,7 +162,7 @@ def windows(runs: list[str], out: str) -> dict:
                   "trace_first_last": [rows[0][f"trace_{m}"], rows[-1][f"trace_{m}"]],
                   "eq11_noise": eq11_noise(rows, m, threshold)}
     per_run[run_label(run)] = stats
-  numbers = {"runs": per_run, "epochs": len(read_rows(runs[0]))}
+  numbers = {"runs": per_run, "epochs": len(runs.rows(paths[0]))}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out + ".json", "w") as f:
     json.dump(numbers, f, indent=2)
@@ -211,7 +173,7 @@ def windows(runs: list[str], out: str) -> dict:
 def load_run(run: str, modality: str):
   """(cfg, dataset, program with the latest checkpoint's state), read only: nothing is
   written into ``run`` (a damaged checkpoint is skipped, not deleted)."""
-  s = read_summary(run)
+  s = runs.read(run).summary if runs.is_run(run) else None
   if s is None:
     raise SystemExit(f"error: {run} has no summary.json (not a finished run folder; analyses "
                      "need the run's config)")

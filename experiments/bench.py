@@ -192,41 +192,51 @@ def bench_population(args) -> list[dict]:
   return rows
 
 
-def time_eval(program, ds, batch_size: int, repeats: int) -> float:
-  """Seconds of one compiled evaluation step (one member, a batch of ``batch_size``)."""
-  one = {"inputs": {k: v[:batch_size] for k, v in ds.test.items() if k != "label"},
-         "label": np.asarray(ds.test["label"][:batch_size]),
-         "mask": np.ones(batch_size, np.float32)}
-  batch = to_global(one, NamedSharding(program.mesh, P("data")))
-  state = program.unstack(program.state)[0]
-  for _ in range(3):
-    jax.block_until_ready(program._eval_step(state, batch))
+def time_call(fn, args, repeats: int) -> float:
+  """Seconds of one call of a compiled ``fn`` (after warm-up), in a tight loop."""
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
   t0 = time.perf_counter()
   for _ in range(repeats):
-    out = program._eval_step(state, batch)
+    out = fn(*args)
   jax.block_until_ready(out)
   return (time.perf_counter() - t0) / repeats
 
 
 def bench_wall(args) -> list[dict]:
-  """Where a run's wall clock goes, against what its compiled steps cost: for each N of
+  """Where a run's wall clock goes, against what its compiled programs cost: for each N of
   --members, one population of N seeds trained by `trainer.train` (--run_epochs, default
   the preset's epochs; its summary's session gives the split: start-up, training steps, the
-  method's end-of-epoch work, evaluation, writing), beside the compiled single-member train
-  and evaluation steps timed in a tight loop (the same data, no input pipeline or outputs)
-  times the run's steps and evaluation batches."""
+  method's end-of-epoch work, evaluation, writing), beside the run's own compiled calls (a
+  chunk of training steps, the evaluation of the test split) timed in a tight loop on the
+  same data, times the calls the run makes."""
+  from experiments.run import enable_compilation_cache
+  from inforeg_jax.loop import Loop
   train = train_extra()
+  enable_compilation_cache()  # as experiments.run: a program compiled once is loaded after
   full = load_dataset(args.dataset, args.data_dir)
   rows = []
   for method in args.methods.split(","):
     [cfg] = member_configs(args, method, 1, execution="sequential")
     steps = len(full.train["label"]) // cfg.batch_size
     program = build_program(cfg, full, steps_per_epoch=steps)
-    step_s, _ = time_steps(program, population_batch(program, bench_first(full, cfg), 1),
-                           args.warmup, args.steps)
-    eval_s = time_eval(program, full, cfg.eval_batch_size, args.steps)
-    batches = sum(-(-len(s["label"]) // cfg.eval_batch_size)
-                  for s in (full.val, full.test) if s is not None)
+    loop = Loop(cfg, full, program)
+    k = loop.steps_per_call()
+    state, hyper = program.unstack(program.state)[0], program.member_hypers()[0]
+    chunk = next(iter(loop.train_chunks(0)))[0]
+    carry = [state]  # the chunk program donates its state: each call takes the last's
+
+    def chunk_call():
+      carry[0], metrics = program._train_chunk(carry[0], chunk, hyper)
+      return metrics
+    step_s = time_call(chunk_call, (), args.steps) / k
+    from inforeg_jax.data import pipeline
+    from inforeg_jax.loop import stack_np
+    test = list(pipeline.eval_batches(full.test, cfg.eval_batch_size))
+    test = to_global(stack_np(test), NamedSharding(program.mesh, P(None, "data")))
+    eval_s = time_call(program._eval_chunk, (carry[0], test), args.steps) / len(test["label"])
+    eval_batches = sum(-(-len(s["label"]) // cfg.eval_batch_size)
+                       for s in (full.val, full.test) if s is not None)
     for n in [int(x) for x in args.members.split(",")]:
       tmp = tempfile.mkdtemp()
       epochs = args.run_epochs or cfg.epochs
@@ -237,19 +247,15 @@ def bench_wall(args) -> list[dict]:
       summaries = train(members, full, progress=False)
       total = time.perf_counter() - t0
       wall = summaries[0]["sessions"][-1]["wall_s"]
-      compiled = n * epochs * (steps * step_s + batches * eval_s)
+      compiled = n * epochs * (steps * step_s + eval_batches * eval_s)
       rows.append({"dataset": args.dataset, "method": method, "members": n, "epochs": epochs,
                    "checkpoint_every": args.checkpoint_every, "plots": args.plots,
-                   "step_ms": round(step_s * 1e3, 3), "eval_batch_ms": round(eval_s * 1e3, 3),
+                   "steps_per_call": k, "step_ms": round(step_s * 1e3, 3),
+                   "eval_batch_ms": round(eval_s * 1e3, 3),
                    "compiled_s": round(compiled, 2), "wall_s": round(total, 2),
                    "split_s": wall, "wall_over_compiled": round(total / compiled, 3)})
       print(json.dumps(rows[-1]), flush=True)
   return rows
-
-
-def bench_first(ds, cfg):
-  """The dataset cut to its first batch (what `population_batch` reads)."""
-  return dataclasses.replace(ds, train={k: v[:cfg.batch_size] for k, v in ds.train.items()})
 
 
 def bench_runs(args, method: str, n: int, batch_size: int, train) -> dict:

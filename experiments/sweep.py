@@ -7,8 +7,9 @@ or ``--grid=method=joint,inforeg,ogm_ge``), each into its own ``DIR/<setting>/se
 prints the ``experiments.table`` of this sweep's runs (also written to ``DIR/table.md``; other
 runs under DIR are left out). Any other ``--name=value`` is a run flag shared by all runs.
 Every setting is checked before anything trains. A finished run (summary.json) of the same
-config is kept, one cut short resumes from its last checkpoint, so a sweep resumes; a folder
-holding a run of another config (other flags than the last sweep's) is refused.
+config and data is kept, one cut short resumes from its last checkpoint, so a sweep resumes;
+a folder holding a run of another config (other flags than the last sweep's) or of other data
+(the prepared data changed since) is refused. Runs are read by `experiments.runs`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import dataclasses
 import itertools
 import os
 
-from experiments import cli, table
+from experiments import cli, runs, table
 from inforeg_jax.config import config_differences, from_dict
 from inforeg_jax.flags import parse_flags
 
 try:
-  from inforeg_jax.data.records import MissingDataError
+  from inforeg_jax.data.records import MissingDataError, identity, read_manifest
   from inforeg_jax.members import check_resume_early
   from inforeg_jax.trainer import RunError, train
 except ModuleNotFoundError as e:  # the core install: no orbax, grain, tqdm, ...
@@ -64,18 +65,25 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def check_existing(workdir: str, cfg) -> str:
-  """What to do with ``workdir``: "done" (its finished run has ``cfg``'s config), "resume"
-  (checkpoints of ``cfg``'s config) or "fresh"; a run of another config is refused."""
-  summary = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary):
-    old = table.read_summary(summary)["config"]
+  """What to do with ``workdir``: "done" (its finished or stopped run has ``cfg``'s config
+  and, for prepared data, was trained on the data ``cfg`` names as it is now), "resume"
+  (checkpoints of ``cfg``'s config) or "fresh"; a run of another config or data is refused."""
+  run = runs.read(workdir) if runs.is_run(workdir) else None
+  if run is not None and run.status != "unfinished":
+    # The folder is this seed's: another seed is another config.
+    allowed = tuple(k for k in runs.NOT_TRAINED if k != "seed")
     try:
-      changed = config_differences(from_dict(old), cfg, allowed=table.NOT_TRAINED)
+      changed = config_differences(from_dict(run.config), cfg, allowed=allowed)
     except (ValueError, TypeError) as e:  # a summary of another version
       changed = [str(e)]
     if changed:
       raise SystemExit(f"error: {workdir} holds a run of another config ({', '.join(changed)}):"
                        " sweep into another --out, or remove that folder to rerun it")
+    now = data_identity(cfg)  # (a summary from before the data was recorded: not compared)
+    if now is not None and "data" in run.summary and run.data != now:
+      raise SystemExit(f"error: {workdir} holds a run on other data ({runs.data_label(run.data)}"
+                       f"; {cfg.resolved_data_dir} holds {runs.data_label(now)}): sweep into "
+                       "another --out, or remove that folder to rerun it")
     return "done"
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     try:
@@ -85,6 +93,15 @@ def check_existing(workdir: str, cfg) -> str:
                        "folder") from None
     return "resume"
   return "fresh"
+
+
+def data_identity(cfg) -> dict | None:
+  """The identity of the prepared data ``cfg`` names (None: the built-in data, or none
+  prepared yet: training says so)."""
+  if cfg.dataset == "synthetic":
+    return None
+  manifest = read_manifest(cfg.resolved_data_dir, strict=False)
+  return identity(manifest) if manifest is not None else None
 
 
 def main(argv=None) -> int:
@@ -123,8 +140,7 @@ def main(argv=None) -> int:
     except OSError as e:  # a full disk, a vanished directory, ...
       raise SystemExit(f"error: {e.strerror or e}"
                        + (f" ({e.filename})" if e.filename else "")) from None
-  text = table.render([os.path.join(w, "summary.json") for _, _, w, _, _ in plan],
-                      group_by=names)
+  text = table.render([w for _, _, w, _, _ in plan], group_by=names)
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(text)
   print(text)

@@ -1,74 +1,33 @@
-"""python -m experiments.table DIR... : gathers summary.json files into a Markdown table.
+"""python -m experiments.table DIR... : gathers finished runs into a Markdown table.
 
-A row per setting: the runs' whole config (summary.json's ``config``) less the seed and the
-flags that do not change what is trained (workdir, resume, overwrite, eval_batch_size,
-skip_nonfinite, data_dir). Columns: dataset, method, modalities, fusion, window, variant, the
-``--group_by`` fields, the other settings that differ between rows (``settings``), then the
-seeds pooled as mean +- std: final fused accuracy, final accuracy of each modality through the
-head, best fused accuracy (best-on-test: optimistic), seeds. Fractions. Two runs of one seed
-in one row are refused.
+A row per setting (`experiments.runs`: the runs' whole config less the seed and the flags
+that do not change what is trained, plus the data they trained on). Columns: dataset, data
+(name, variant, fold, version; "built in" for the synthetic data), method, modalities,
+fusion, window, variant, the ``--group_by`` fields, the other settings that differ between
+rows (``settings``), then the seeds pooled as mean +- std: final fused accuracy, final
+accuracy of each modality through the head, best fused accuracy (best-on-test: optimistic),
+seeds. Fractions. Stopped and unfinished runs are left out, one line each on stderr; two runs
+of one seed in one row are refused.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
+import sys
 
 import numpy as np
 
-from experiments import cli
-from inforeg_jax.config import flatten
+from experiments import cli, runs as runs_lib
 
-# Config fields that do not change what is trained: runs that differ only in these pool.
-NOT_TRAINED = ("seed", "workdir", "resume", "overwrite", "eval_batch_size", "skip_nonfinite",
-               "data_dir")
-# Fields with a column of their own, and what an older summary without them means.
-BASE = {"dataset": "", "method": "", "modalities": "all", "fusion": "concat", "window": "prime",
-        "inforeg.variant": "paper"}
-
-
-def find_summaries(paths):
-  for path in paths:
-    if os.path.isfile(path):
-      yield path
-    else:
-      yield from sorted(glob.glob(os.path.join(path, "**", "summary.json"), recursive=True))
-
-
-def read_summary(path: str) -> dict:
-  """A run's summary.json, checked; one ``error:`` line when it cannot be used."""
-  try:
-    with open(path) as f:
-      s = json.load(f)
-  except OSError as e:
-    raise SystemExit(f"error: cannot read {path}: {e.strerror}") from None
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise SystemExit(f"error: {path} is not valid JSON (truncated or damaged: {e}); rerun that "
-                     "run with --resume or remove its folder") from None
-  if not isinstance(s, dict) or not isinstance(s.get("config"), dict) or not all(
-      isinstance(s.get(k), dict) and "acc" in s[k] for k in ("final", "best")):
-    raise SystemExit(f"error: {path} is not a run's summary (config, final, best missing)")
-  return s
+# Fields with a column of their own (the data has one too).
+BASE = ("dataset", "method", "modalities", "fusion", "window", "inforeg.variant")
 
 
 def cell(values):
   if not values:
     return "-"
-  v = np.asarray(values)
+  v = np.asarray(values, float)
   return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
-
-
-def setting(s: dict) -> dict:
-  """The flat config that identifies a run's row (``agm.alpha`` for option groups)."""
-  flat = {k: v for k, v in flatten(s["config"]).items() if k not in NOT_TRAINED}
-  flat["dataset"], flat["method"] = s.get("dataset", flat.get("dataset")), s.get(
-      "method", flat.get("method"))
-  flat["window"] = s.get("window", flat.get("window"))  # resolved: auto -> prime / whole
-  for k, default in BASE.items():
-    if flat.get(k) in (None, ""):
-      flat[k] = default
-  return flat
 
 
 def _text(value) -> str:
@@ -84,51 +43,61 @@ def _order(value):
   return (1, 0, _text(value))
 
 
-def render(paths, group_by=()) -> str:
-  """The Markdown table; ``group_by`` gives config fields (e.g. inforeg.beta) a column."""
+def data_labels(settings: dict[str, dict]) -> dict[str, str]:
+  """Each setting's data in a few words; the checksum added where two datasets would read
+  the same."""
+  datas = {json.dumps(s["data"], sort_keys=True): s["data"] for s in settings.values()}
+  plain = {k: runs_lib.data_label(d) for k, d in datas.items()}
+  labels = {k: f"{plain[k]} {str(d.get('sha256'))[:12]}"
+            if isinstance(d, dict) and list(plain.values()).count(plain[k]) > 1 else plain[k]
+            for k, d in datas.items()}
+  return {key: labels[json.dumps(s["data"], sort_keys=True)] for key, s in settings.items()}
+
+
+def render(paths, group_by=(), warn=lambda line: print(line, file=sys.stderr)) -> str:
+  """The Markdown table; ``group_by`` gives config fields (e.g. inforeg.beta) a column;
+  ``warn`` is given one line per run left out."""
   extra = [k for k in group_by if k not in BASE]
-  groups: dict[tuple, list[tuple[str, dict]]] = {}
-  settings, modalities = {}, []
-  for path in find_summaries(paths):
-    s = read_summary(path)
-    flat = setting(s)
-    key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items()))
-    settings[key] = flat
-    groups.setdefault(key, []).append((os.path.dirname(path) or ".", s))
-    for k in s["final"]:
-      if k.startswith("acc_") and k[4:] not in modalities:
-        modalities.append(k[4:])
-  if not groups:
+  found = runs_lib.find(paths)
+  if not found:
     raise SystemExit("error: no summary.json under " + " ".join(paths))
+  groups, left_out = runs_lib.group(found)
+  for run, why in left_out:
+    warn(f"left out: {run.name()}: {why}")
+  if not groups:
+    raise SystemExit(f"error: no finished run under {' '.join(paths)} ({len(left_out)} left "
+                     "out)")
+  settings = {key: rs[0].setting() for key, rs in groups.items()}
   for k in extra:
     if not any(k in flat for flat in settings.values()):
       raise SystemExit(f"error: --group_by={k}: no run's config has {k!r}")
-  for runs in groups.values():
-    seen = {}
-    for folder, s in runs:
-      seed = s.get("seed", s["config"].get("seed"))
-      if seed in seen:
-        raise SystemExit(f"error: {seen[seed]} and {folder} are both seed {seed} of one setting: "
-                         "keep one of them (or pass only one of the folders)")
-      seen[seed] = folder
+  modalities = []
+  for rs in groups.values():
+    for r in rs:
+      for k in r.final:
+        if k.startswith("acc_") and k[4:] not in modalities:
+          modalities.append(k[4:])
+  data = data_labels(settings)
   # The settings that tell rows apart beyond the named columns.
-  names = sorted({k for flat in settings.values() for k in flat})
+  names = sorted({k for flat in settings.values() for k in flat} - {"data"})
   differ = [k for k in names if k not in BASE and k not in extra
             and len({json.dumps(flat.get(k)) for flat in settings.values()}) > 1]
-  head = (["dataset", "method", "modalities", "fusion", "window", "variant", *extra]
+  head = (["dataset", "data", "method", "modalities", "fusion", "window", "variant", *extra]
           + (["settings"] if differ else []) + ["acc"] + [f"acc {m}" for m in modalities]
           + ["best acc", "seeds"])
   order = [*BASE, *extra, *differ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for key in sorted(groups, key=lambda k: [_order(settings[k].get(n)) for n in order]):
-    flat, runs = settings[key], [s for _, s in groups[key]]
+  for key in sorted(groups, key=lambda k: ([_order(settings[k].get(n)) for n in order], data[k])):
+    flat, rs = settings[key], groups[key]
     row = [_text(flat.get(k)) for k in [*BASE, *extra]]
+    row.insert(1, data[key])
     if differ:
       row.append(" ".join(f"{k}={_text(flat.get(k))}" for k in differ))
-    row.append(cell([r["final"]["acc"] for r in runs]))
-    row += [cell([r["final"][f"acc_{m}"] for r in runs if f"acc_{m}" in r["final"]])
+    row.append(cell([r.final["acc"] for r in rs]))
+    row += [cell([r.final[f"acc_{m}"] for r in rs if r.final.get(f"acc_{m}") is not None])
             for m in modalities]
-    row += [cell([r["best"]["acc"] for r in runs]), str(len(runs))]
+    row += [cell([r.summary["best"]["acc"] for r in rs
+                  if r.summary["best"]["acc"] is not None]), str(len(rs))]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines) + ("\n\nAccuracies as fractions, final epoch unless marked best "
                              "(best-on-test is optimistic); mean ± std over seeds.\n")

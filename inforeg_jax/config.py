@@ -82,6 +82,9 @@ class Config:
   checkpoint_every: int = option(1, "save a checkpoint after every this many epochs (and the "
                                  "last); a resumed run repeats at most this many, exactly",
                                  minimum=1)
+  steps_per_call: int = option(4, "training steps in one compiled call (an unrolled loop): "
+                               "fewer host round trips, a compile that many times longer; at "
+                               "most 32 MB of batches a call", minimum=1)
   plots: bool = option(True, "write accuracy.png, trace.png and alpha.png into the workdir (at "
                        "the end, and at most every 30 s while training)")
   execution: str = option("auto", "how a population's members run: sequential (one after "
@@ -196,7 +199,8 @@ def _check_fields(obj, prefix: str) -> None:
 
 
 # Tiny shapes for tests and CPU smoke runs (--tiny); a method's own: ``dataset_defaults["tiny"]``.
-TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_size": 64}
+TINY: dict[str, Any] = {"epochs": 3, "width": 4, "batch_size": 16, "eval_batch_size": 64,
+                        "steps_per_call": 1}
 
 # What --resume may change: everything else must match the checkpointed run.
 RESUMABLE_CHANGES = ("epochs", "resume", "overwrite", "workdir", "eval_batch_size",

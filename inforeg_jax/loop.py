@@ -10,6 +10,7 @@ the caller's (`inforeg_jax.members`). Accuracies are fractions.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import signal
 import sys
 import threading
@@ -27,6 +28,11 @@ from inforeg_jax.program import Program, stack, to_global
 from inforeg_jax.train import member_rng
 
 MAX_SKIPPED_FRACTION = 0.1  # --skip_nonfinite: an epoch with more skipped steps stops
+# Training steps in one compiled call (an unrolled scan): --steps_per_call (default 4: on the
+# AV-MNIST preset, 2 cores, a step costs 2.43 ms at 4 a call against 2.9 ms one a call;
+# compiling 4 costs 3.6 s, 8 cost 6.9 s for 2.42 ms), no more batches than fit in CHUNK_BYTES
+# of host memory (a paper-size CREMA-D batch alone is ~50 MB: one step a call)
+CHUNK_BYTES = 32 << 20
 
 
 def stack_np(batches: Sequence[dict]) -> dict:
@@ -60,50 +66,56 @@ class Loop:  # pragma: no mutate
   def init_opt_state(self, params):
     return self.program.init_opt_state(params)
 
-  def _batch_sharding(self):
-    spec = P("pop", "data") if self.program.vectorised else P("data")
-    return NamedSharding(self.program.mesh, spec)
-
-  def train_batches(self, epoch: int, arrays=None, start_batch: int = 0) -> Iterator:
-    """An epoch of ``arrays`` (default: the training split), each member in its own seed's
-    order (members sharing a seed share a gather): a step's global batch [N, B, ...] when
-    vectorised, else a list of the members' batches [B, ...]."""
+  def steps_per_call(self, arrays=None) -> int:
+    """Training steps a compiled call runs (`Program._train_chunk`): --steps_per_call, or as
+    many batches as fit in ``CHUNK_BYTES`` of host memory when fewer, at least one."""
     arrays = self.dataset.train if arrays is None else arrays
+    batch = self.cfg.batch_size * sum(v[0].nbytes for v in arrays.values())
+    return int(min(self.cfg.steps_per_call, max(1, CHUNK_BYTES // max(batch, 1))))
+
+  def _sharding(self, *spec):
+    return NamedSharding(self.program.mesh, P(*spec))
+
+  def train_chunks(self, epoch: int, arrays=None, steps_per_call: int | None = None) -> Iterator:
+    """An epoch of ``arrays`` (default: the training split), ``steps_per_call`` batches at a
+    time, each member in its own seed's order (members sharing a seed share a gather): a
+    global array [N, k, B, ...] when vectorised, else a list of the members' [k, B, ...]."""
+    arrays = self.dataset.train if arrays is None else arrays
+    k = steps_per_call or self.steps_per_call(arrays)
     seeds = [int(s) for s in np.atleast_1d(self.hyper.seed)]
     distinct = list(dict.fromkeys(seeds))
     threads = 2 if len(distinct) == 1 else 1  # a reader thread a stream beside the compute
-    streams = {s: pipeline.train_batches(arrays, self.cfg.batch_size, s, epoch,
-                                         start_batch=start_batch,
-                                         process_index=jax.process_index(),
-                                         process_count=jax.process_count(),
-                                         prefetch_threads=threads)
+    streams = {s: pipeline.train_chunks(arrays, self.cfg.batch_size, s, epoch, k,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count(),
+                                        prefetch_threads=threads)
                for s in distinct}
-    sharding = self._batch_sharding()
-    for _ in range(pipeline.steps_per_epoch(arrays, self.cfg.batch_size) - start_batch):
-      got = {s: next(it) for s, it in streams.items()}
+    for got in zip(*streams.values()):
+      got = dict(zip(streams, got))
       if self.program.vectorised:
-        yield to_global(stack_np([got[s] for s in seeds]), sharding)
+        yield to_global(stack_np([got[s] for s in seeds]), self._sharding("pop", None, "data"))
       else:
-        placed = {s: to_global(b, sharding) for s, b in got.items()}
+        placed = {s: to_global(b, self._sharding(None, "data")) for s, b in got.items()}
         yield [placed[s] for s in seeds]
 
   def train_epoch(self, state, epoch: int, arrays=None, on_step=None):
-    """One epoch of training steps for every member; returns (state, per-step records on
-    the device, `step_records` reads them). The state passed in is donated."""
+    """One epoch of training steps for every member, ``steps_per_call`` steps a compiled
+    call; returns (state, the calls' records on the device: `step_records` reads them). The
+    state passed in is donated. ``on_step(records)`` after each call."""
     program, records = self.program, []
     if program.vectorised:
       hyper = self.place(self.hyper)
-      for batch in self.train_batches(epoch, arrays):
-        state, metrics = program._train_step(state, batch, hyper)
+      for chunk in self.train_chunks(epoch, arrays):
+        state, metrics = program._train_chunk(state, chunk, hyper)
         records.append(metrics)
         if on_step is not None:
           on_step(records)
       return state, records
     states, hypers = program.unstack(state), program.member_hypers()
-    for batches in self.train_batches(epoch, arrays):
+    for chunks in self.train_chunks(epoch, arrays):
       record = []
-      for i, batch in enumerate(batches):
-        states[i], metrics = program._train_step(states[i], batch, hypers[i])
+      for i, chunk in enumerate(chunks):
+        states[i], metrics = program._train_chunk(states[i], chunk, hypers[i])
         record.append(metrics)
       records.append(record)
       if on_step is not None:
@@ -112,45 +124,53 @@ class Loop:  # pragma: no mutate
 
   def step_records(self, records) -> list[dict[str, np.ndarray]]:
     """`train_epoch`'s records on the host: per step, {metric: values [N]}."""
-    host = jax.device_get(records)
-    if self.program.vectorised:
-      return [{k: np.atleast_1d(np.asarray(v)) for k, v in r.items()} for r in host]
-    return [{k: np.stack([np.asarray(m[k]) for m in r]) for k in r[0]} for r in host]
+    out = []
+    for record in jax.device_get(records):
+      if self.program.vectorised:  # {metric: [N, k]}
+        chunk = {k: np.asarray(v) for k, v in record.items()}
+      else:  # per member {metric: [k]}
+        chunk = {k: np.stack([np.asarray(m[k]) for m in record]) for k in record[0]}
+      steps = next(iter(chunk.values())).shape[1]
+      out += [{k: v[:, j] for k, v in chunk.items()} for j in range(steps)]
+    return out
 
   def finite(self, record) -> np.ndarray:
-    """bool [N]: which members' step was finite (one record of `train_epoch`)."""
+    """bool [N, k]: which members' steps were finite (one record of `train_epoch`)."""
     if self.program.vectorised:
-      return np.atleast_1d(np.asarray(jax.device_get(record["finite"]))) > 0
-    return np.asarray(jax.device_get([m["finite"] for m in record])) > 0
+      return np.asarray(jax.device_get(record["finite"])) > 0
+    return np.stack(jax.device_get([m["finite"] for m in record])) > 0
 
   def evaluate(self, state, arrays, zeroed: Sequence[str] = (), limit: int | None = None,
                predictions: bool = False):
     """Every member's fused and per-modality accuracy and loss (means over the examples) and
     the macro-F1 of the fused prediction: {name: values [N]}. ``zeroed``: modalities whose
     inputs are zeros (after the on-device preprocessing); ``limit``: the first examples only;
-    ``predictions``: also return each member's fused predictions, int [N, examples]."""
+    ``predictions``: also return each member's fused predictions, int [N, examples]. The
+    batches go ``steps_per_call`` at a time through one compiled call a member."""
     if limit is not None:
       arrays = {k: v[:limit] for k, v in arrays.items()}
     program, outs = self.program, []
     states = None if program.vectorised else program.unstack(state)
     keep = lambda b: {m: np.full(len(b["label"]), m not in zeroed, np.float32)
                       for m in self.dataset.modalities}
-    sharding = NamedSharding(program.mesh, P("data"))
-    for batch in pipeline.eval_batches(arrays, self.cfg.eval_batch_size, jax.process_index(),
-                                       jax.process_count()):
+    example = sum(v[0].nbytes for v in arrays.values())
+    per_call = max(1, CHUNK_BYTES // max(example * self.cfg.eval_batch_size, 1))
+    batches = pipeline.eval_batches(arrays, self.cfg.eval_batch_size, jax.process_index(),
+                                    jax.process_count())
+    while chunk := list(itertools.islice(batches, per_call)):
       if zeroed:
-        batch["keep"] = keep(batch)
-      batch = to_global(batch, sharding)
-      outs.append(program._eval_step(state, batch) if states is None else
-                  [program._eval_step(s, batch) for s in states])
-    # one transfer for the whole evaluation (the outputs are whole on every process)
+        for b in chunk:
+          b["keep"] = keep(b)
+      chunk = to_global(stack_np(chunk), self._sharding(None, "data"))
+      outs.append(program._eval_chunk(state, chunk) if states is None else
+                  stack_np(jax.device_get([program._eval_chunk(s, chunk) for s in states])))
+    # the outputs are whole on every process: one transfer for the whole evaluation
     outs = jax.device_get(outs)
-    if states is not None:
-      outs = [stack_np(o) for o in outs]
-    pred = np.concatenate([np.asarray(o.pop("pred")) for o in outs], axis=1)
-    sums = {k: np.sum([o[k] for o in outs], axis=0) for k in outs[0]}
-    n = sums.pop("count")
-    metrics = {k: np.asarray(v / n, np.float64) for k, v in sums.items()}
+    joined = {k: np.concatenate([np.asarray(o[k]) for o in outs], axis=1) for k in outs[0]}
+    pred = joined.pop("pred").reshape(len(joined["count"]), -1)  # [N, batches x B]
+    n = np.sum(joined.pop("count"), axis=1)
+    metrics = {k: np.asarray([np.sum(row) for row in v], np.float64) / n
+               for k, v in joined.items()}  # each member's own sum, whatever N
     pred = pred[:, :pipeline.num_examples(arrays)]
     labels = np.asarray(arrays["label"])
     metrics["f1_macro"] = np.asarray([macro_f1(labels, p) for p in pred])
@@ -163,17 +183,19 @@ class Loop:  # pragma: no mutate
     program = self.program
     states = None if program.vectorised else program.unstack(state)
     hypers = program.member_hypers()
-    for i, batch in enumerate(self.train_batches(epoch)):
+    for i, chunk in enumerate(self.train_chunks(epoch, steps_per_call=1)):
       if i == num_batches:
         return
       rngs = [jax.random.fold_in(member_rng(h), 2**30 + i) if augment else None
               for h in hypers]
       if states is None:
+        batch = jax.tree.map(lambda x: x[:, 0], chunk)
         rng = jax.numpy.stack(rngs) if augment else None
         yield program._predict(state, batch, rng), batch["label"]
       else:
-        outs = [program._predict(s, b, r) for s, b, r in zip(states, batch, rngs)]
-        yield stack(outs), stack([b["label"] for b in batch])
+        batches = [jax.tree.map(lambda x: x[0], c) for c in chunk]
+        outs = [program._predict(s, b, r) for s, b, r in zip(states, batches, rngs)]
+        yield stack(outs), stack([b["label"] for b in batches])
 
 
 def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
@@ -282,33 +304,37 @@ class Epoch:
 
 
 def epochs(loop: Loop, state, first_epoch: int, stopped: Sequence[bool],
-           on_step: Callable[[], None] = lambda: None,
+           on_step: Callable[[int], None] = lambda steps: None,
            halt: Callable[[int, str, int, int], None] | None = None) -> Iterator[Epoch]:
   """Trains epochs ``first_epoch`` .. ``cfg.epochs - 1`` and yields each one's `Epoch`.
-  ``stopped``: members that stopped earlier (trained on, reported nowhere). ``halt(i, what,
-  step, epoch)`` is told at once when member ``i``'s step turns non-finite (``what``: the
-  loss, or Tr(F) of a modality), unless --skip_nonfinite."""
+  ``stopped``: members that stopped earlier (trained on, reported nowhere). ``on_step(k)``
+  after each compiled call of ``k`` steps. ``halt(i, what, step, epoch)`` is told as soon as
+  a call ends in which member ``i``'s step ``step`` turned non-finite (``what``: the loss, or
+  Tr(F) of a modality), unless --skip_nonfinite."""
   cfg, method = loop.cfg, loop.program.method
   modalities = loop.dataset.modalities
   steps = pipeline.steps_per_epoch(loop.dataset.train, cfg.batch_size)
+  per_call = loop.steps_per_call()
   stopped = list(stopped)
 
   def check(records, k, epoch):
     live = [i for i, s in enumerate(stopped) if not s]
     if cfg.skip_nonfinite or not live:
       return
-    finite = loop.finite(records[k])
+    finite = loop.finite(records[k])  # [N, steps of the call]
     for i in live:
-      if not finite[i]:
-        record = loop.step_records([records[k]])[0]
+      if not finite[i].all():
+        j = int(np.argmin(finite[i]))  # its first non-finite step
+        record = loop.step_records([records[k]])[j]
         stopped[i] = True
         if halt is not None:
-          halt(i, first_nonfinite(record, modalities, i), epoch * steps + k, epoch)
+          halt(i, first_nonfinite(record, modalities, i), epoch * steps + k * per_call + j,
+               epoch)
 
   for epoch in range(first_epoch, cfg.epochs):
     def step(records):
-      on_step()
-      if len(records) > 1:  # the previous step: reading it does not wait for this one
+      on_step(min(per_call, steps - (len(records) - 1) * per_call))
+      if len(records) > 1:  # the previous call: reading it does not wait for this one
         check(records, len(records) - 2, epoch)
 
     before = list(stopped)

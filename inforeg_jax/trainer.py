@@ -166,9 +166,9 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer,
   t0 = time.time()
   wall["startup"] = time.perf_counter() - started
 
-  def on_step():
+  def on_step(steps: int):
     stop.check()
-    bar.update()
+    bar.update(steps)
 
   try:
     for result in loop_lib.epochs(loop, state, first_epoch, [bool(m.stopped) for m in members],

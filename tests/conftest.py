@@ -19,7 +19,6 @@ SLOW = (
     "tests/test_methods_e2e.py::",
     "tests/test_distributed.py::",
     "tests/test_failure_modes.py::",
-    "tests/test_results.py::",
     "tests/test_trainer_runs.py::",
     "tests/test_gpu_image_imports.py::",
     "tests/test_run.py::",

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import analyze, run, sweep
+from experiments import analyze, run, runs, sweep
 
 TINY = ["--tiny", "--epochs=2", "--limit_train=128"]
 
@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_traces_figure(tiny_run, tmp_path):
   numbers = analyze.traces([tiny_run], str(tmp_path / "fig1"))
-  rows = analyze.read_rows(tiny_run)
+  rows = runs.rows(tiny_run)
   assert numbers["joint seed 0/audio"]["trace"] == [r["trace_audio"] for r in rows]
   assert numbers["joint seed 0/audio"]["window"] == [r["window"] > 0.5 for r in rows]
   assert (tmp_path / "fig1.png").stat().st_size > 1000
@@ -36,7 +36,7 @@ def test_window_statistics(tmp_path):
   assert run.main([*TINY, "--epochs=4", "--window=whole", "--inforeg.warmup_epochs=1",
                    f"--workdir={workdir}"]) == 0
   numbers = analyze.windows([str(workdir)], str(tmp_path / "windows"))
-  rows = analyze.read_rows(str(workdir))
+  rows = runs.rows(str(workdir))
   stats = numbers["runs"]["inforeg warmup_epochs=1 seed 0"]  # the label names changed options
   for m in ("audio", "visual"):
     assert stats[m]["epochs_regulated"] == sum(r[f"alpha_{m}"] > 0 for r in rows)
@@ -135,7 +135,7 @@ def test_analyses_refuse_bad_runs_and_flags_in_one_line(tiny_run, tmp_path):
     assert says in str(e.value), str(e.value)
 
   out = str(tmp_path / "fig")
-  fails("cannot read", analyze.traces, [str(tmp_path)], out)  # no metrics.jsonl
+  fails(f"{tmp_path} holds no run", analyze.traces, [str(tmp_path)], out)  # no run files
   damaged = tmp_path / "damaged"
   shutil.copytree(tiny_run, damaged)
   text = (damaged / "metrics.jsonl").read_text()
@@ -197,3 +197,30 @@ def test_eq11_noise_tells_learning_from_estimation_noise():
   assert e[4]["open"] and e[4]["within_noise"]
   assert (out["decisions"], out["opened"], out["opened_within_noise"]) == (3, 2, 1)
   assert eq11_noise([{"trace_audio": 1.0}], "audio", 0.04) == {}  # runs without trace_se
+
+
+def test_sweep_keeps_a_finished_run_only_of_its_config_and_data(tmp_path):
+  from inforeg_jax.data.records import identity
+  from inforeg_jax.flags import parse_flags
+  from tests.test_runs import write_run
+  data_dir, workdir = tmp_path / "data", str(tmp_path / "w")
+  data_dir.mkdir()
+  manifest = {"version": "v-1", "name": "avmnist", "files": {"train/x.npy": {"sha256": "00"}}}
+  (data_dir / "manifest.json").write_text(json.dumps(manifest))
+  cfg, _ = parse_flags(["--dataset=avmnist", f"--data_dir={data_dir}", f"--workdir={workdir}"])
+  config = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+  write_run(workdir, seed=0, data=identity(manifest), **config)
+  assert sweep.check_existing(workdir, cfg) == "done"
+  manifest["version"] = "v-2"  # the data prepared again since
+  (data_dir / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(SystemExit) as e:
+    sweep.check_existing(workdir, cfg)
+  assert str(e.value) == (f"error: {workdir} holds a run on other data (avmnist v-1; {data_dir} "
+                          "holds avmnist v-2): sweep into another --out, or remove that folder "
+                          "to rerun it")
+  write_run(workdir, seed=1, data=identity(manifest), **config)  # another seed's run
+  with pytest.raises(SystemExit, match="holds a run of another config .--seed=1 -> 0"):
+    sweep.check_existing(workdir, cfg)
+  write_run(workdir, seed=0, rows=2, data=identity(manifest), **{**config, "epochs": 4})
+  os.remove(os.path.join(workdir, "summary.json"))  # cut short, before its first checkpoint
+  assert sweep.check_existing(workdir, cfg) == "fresh"

@@ -1,246 +1,238 @@
-"""experiments.results: the runs grouped into populations, each seed the run it names,
-finished runs read back, the tuning protocol's choice on validation, the intervals, and the
-JSON a reader needs to rerun a row. Training is faked (``train_population`` in process), but
-for one real tiny run through the whole path."""
+"""experiments.results: plan -> run -> report over the study's specs. Training is faked (a
+`populations.train_units` that writes run folders as the trainer does) on three folds of the
+built-in data, but for one real tiny run through the whole path whose recorded command,
+rerun alone, gives its recorded numbers exactly."""
 
+import base64
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from experiments import results
+from experiments import populations, results, study
+from inforeg_jax.data import load_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = np.asarray(load_dataset("synthetic").test["label"])
+PEAK = {"lr": 0.04, "beta": 2.0}  # where the fake validation accuracy peaks
 
 
-def fake_summary(flags, seed, workdir):
-  method = next(f.split("=")[1] for f in flags if f.startswith("--method="))
-  lr = float(next((f.split("=")[1] for f in flags if f.startswith("--learning_rate=")), 0.01))
-  acc = {"joint": 0.5, "inforeg": 0.6}.get(method, 0.4) + 0.01 * seed
-  val = acc - abs(lr - 0.02)  # validation prefers lr 0.02
-  return {"dataset": "synthetic", "method": method, "seed": seed, "workdir": workdir,
-          "final": {"acc": acc, "val_acc": val, "acc_audio": acc - 0.1,
-                    "acc_visual": acc - 0.2},
-          "selected": {"acc": acc + 0.001, "epoch": 3}, "train_seconds": 10.0 + seed,
-          "config": {"seed": seed}}
+def value(flags, name, default):
+  return float(next((f.split("=")[1] for f in flags if f.startswith(f"--{name}=")), default))
+
+
+def fake_numbers(flags, seed, fold):
+  """(validation, test) accuracy of a fake run: validation peaks at PEAK; test accuracy
+  per method, fold and seed (inforeg 0.02 above joint on every fold)."""
+  method = value([f.replace("--method=", "--m=").replace("joint", "0").replace("inforeg", "1")
+                  for f in flags], "m", 0)
+  lr, beta = value(flags, "learning_rate", 0.01), value(flags, "inforeg.beta", 0.9)
+  val = 0.8 - abs(np.log2(lr / PEAK["lr"])) * 0.01 - abs(np.log2(beta / PEAK["beta"])) * 0.005
+  test = 0.5 + 0.02 * method + 0.01 * fold + 0.003 * (seed % 3)
+  return val + 0.0001 * (seed % 7), test
+
+
+def write_run(unit, fold):
+  """A run folder as the trainer leaves it: summary.json (final, best, config, data,
+  sessions, predictions' checksum) and test_predictions.npy."""
+  val, test = fake_numbers(unit.flags, unit.seed, fold)
+  wrong = int(round((1 - test) * len(LABELS)))
+  pred = LABELS.copy()
+  pred[:wrong] = (pred[:wrong] + 1) % 6
+  pred = pred.astype(np.int16)
+  os.makedirs(unit.workdir, exist_ok=True)
+  np.save(os.path.join(unit.workdir, "test_predictions.npy"), pred)
+  acc = float(np.mean(pred == LABELS))
+  summary = {"dataset": "synthetic", "method": "x", "seed": unit.seed, "epochs": 2,
+             "final": {"acc": acc, "val_acc": val, "acc_audio": acc - 0.1,
+                       "acc_visual": acc - 0.2},
+             "best": {"acc": acc, "epoch": 1}, "selected": {"acc": acc, "epoch": 1},
+             "train_seconds": 1.0, "config": {"seed": unit.seed}, "data": None,
+             "sessions": [{"population": 7, "execution": "sequential", "xla_flags": "X",
+                           "commit": "abc", "dirty": False}],
+             "predictions_sha256": hashlib.sha256(pred.tobytes()).hexdigest()}
+  with open(os.path.join(unit.workdir, "summary.json"), "w") as f:
+    json.dump(summary, f)
 
 
 @pytest.fixture
-def fake_runs(monkeypatch):
-  """Every population the engine trains: its members' (flags, seed, workdir)."""
+def fake(monkeypatch, tmp_path):
+  """Three folds of the built-in data, a two-method table, fake training; the units each
+  call trained."""
   calls = []
+  table = study.Table("t", "a test table", rows=(
+      study.Row("joint tuned", tuned="joint"), study.Row("joint default", ("--method=joint",)),
+      study.Row("inforeg tuned", tuned="inforeg"),
+      study.Row("inforeg default", ("--method=inforeg",))),
+      families=(study.Family("F", "joint tuned", ("inforeg tuned",)),),
+      descriptive=(("inforeg tuned", "inforeg default"),), seeds=(0, 1, 2))
+  monkeypatch.setitem(study.TABLES, "t", table)
+  folds = [results.Fold("synthetic", "synthetic", k, None, None) for k in range(3)]
+  monkeypatch.setattr(results, "folds_of", lambda name, root, only: [
+      f for f in folds if only is None or f.fold in only])
 
-  def train_population(members, log_path):
-    calls.append([(m.flags, m.seed, m.workdir) for m in members])
-    out = []
-    for m in members:
-      os.makedirs(m.workdir, exist_ok=True)
-      s = fake_summary(m.flags, m.seed, m.workdir)
-      with open(os.path.join(m.workdir, "summary.json"), "w") as f:
-        json.dump(s, f)
-      out.append(s)
-    return out
+  def train_units(units, jobs, logs, done, progress):
+    calls.append(list(units))
+    for u in units:
+      write_run(u, int(u.workdir.split("fold")[1].split(os.sep)[0]))
+    done(list(units))
 
-  monkeypatch.setattr(results, "train_population", train_population)
-  monkeypatch.setattr(results, "rows", lambda t: [("joint", ["--method=joint"]),
-                                                   ("inforeg", ["--method=inforeg"])])
-  return calls
+  monkeypatch.setattr(populations, "train_units", train_units)
+  argv = ["--tables=t", "--datasets=synthetic", "--jobs=1", f"--out={tmp_path}/runs",
+          f"--docs={tmp_path}/docs"]
+  return calls, argv, tmp_path / "docs"
 
 
-def members(calls):
-  return [m for population in calls for m in population]
-
-
-def test_each_setting_is_one_population_of_its_seeds_read_back_after(tmp_path, fake_runs):
-  argv = ["--tables=methods", "--datasets=synthetic", "--seeds=0,1,2", "--jobs=1",
-          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]
+def test_plan_run_report_tunes_per_fold_then_reports_every_fold_and_seed(fake):
+  calls, argv, docs = fake
   assert results.main(argv) == 0
-  # one population a setting, its members the seeds, each in its own folder
-  assert sorted(len(p) for p in fake_runs) == [3, 3]
-  assert sorted((f[1], s) for f, s, _ in members(fake_runs)) == sorted(
-      (f"--method={m}", s) for m in ("joint", "inforeg") for s in (0, 1, 2))
-  assert {w for _, _, w in members(fake_runs)} == {
-      f"{tmp_path}/runs/synthetic/{m}/seed{s}" for m in ("joint", "inforeg") for s in (0, 1, 2)}
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  row = {r["name"]: r for r in doc["rows"]}
-  assert row["joint"]["command"] == ("python -m experiments.run --dataset=synthetic "
-                                     "--method=joint --seeds=0,1,2")
-  assert row["inforeg"]["seeds"] == [0, 1, 2]
-  assert row["inforeg"]["acc"] == {"mean": 0.61, "std": 0.01, "per_seed": [0.6, 0.61, 0.62]}
-  assert row["inforeg"]["minus_reference"]["per_seed"] == [0.1, 0.1, 0.1]
-  assert row["inforeg"]["minus_reference"]["ci95"] == [0.1, 0.1]  # no spread: a point
-  assert "minus_reference" not in row["joint"] and row["inforeg"]["reference"] == "joint"
-  assert (tmp_path / "docs" / "synthetic_methods.md").read_text().count("\n") == 4
-  fake_runs.clear()  # a second invocation reads the finished runs back and runs nothing
-  assert results.main(argv) == 0 and fake_runs == []
+  doc = json.loads((docs / "synthetic.json").read_text())
+  rows = {r["name"]: r for r in doc["tables"]["t"]["rows"]}
+  # every row over 3 folds x 3 seeds, each run with the command that reruns it alone
+  for r in rows.values():
+    assert sorted((x["fold"], x["seed"]) for x in r["runs"]) == [(f, s) for f in range(3)
+                                                                 for s in range(3)]
+    for x in r["runs"]:
+      assert x["command"].startswith(f"XLA_FLAGS='{populations.SINGLE_THREAD}' python -m "
+                                     "experiments.run --dataset=synthetic")
+      assert x["command"].endswith(f"--seed={x['seed']}")
+      assert (x["population"], x["threads"], x["commit"]) == (7, "X", "abc")
+  # the search found the peak on every fold, interior, every neighbour of it tried
+  tuning = rows["inforeg tuned"]["tuning"]
+  assert set(tuning) == {"fold0", "fold1", "fold2"}
+  for t in tuning.values():
+    assert t["chosen"] == "--learning_rate=0.04 --inforeg.beta=2.0" and t["interior"]
+    tried = {x["setting"] for x in t["tried"]}
+    assert {"--learning_rate=0.02 --inforeg.beta=2.0", "--learning_rate=0.08 --inforeg.beta=2.0",
+            "--learning_rate=0.04 --inforeg.beta=0.9",
+            "--learning_rate=0.04 --inforeg.beta=4.0"} <= tried
+    assert t["seeds"] == [100, 101, 102]
+  assert rows["joint tuned"]["tuning"]["fold1"]["chosen"] == "--learning_rate=0.04"
+  # tuning seeds are never reported, reported seeds never tune
+  trained = [u for c in calls for u in c]
+  assert {u.seed for u in trained} == {0, 1, 2, 100, 101, 102}
+  assert all("--learning_rate=" in " ".join(u.flags) for u in trained if u.seed >= 100)
+  # the comparison: inforeg +0.02 on every fold and seed: a win after correction
+  [comp] = rows["inforeg tuned"]["comparisons"]
+  assert comp["reference"] == "joint tuned" and comp["verdict"] == "wins"
+  assert comp["mean"] == pytest.approx(0.02, abs=1e-3)
+  assert (docs / "synthetic_t.md").read_text().count("|") > 20
+  assert doc["tuning_seeds"] == [100, 101, 102] and "fold means" in doc["claim_rule"]
 
 
-def test_the_protocol_chooses_on_validation_then_runs_the_reported_seeds(tmp_path, fake_runs):
-  argv = ["--tables=tuned", "--datasets=synthetic", "--seeds=0,1", "--jobs=1",
-          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs", "--rows=joint,inforeg"]
+def test_a_rerun_continues_from_the_records_alone(fake, tmp_path):
+  """Where --out is not kept (another machine), the committed records are enough: nothing
+  is trained again and the report is the same."""
+  calls, argv, docs = fake
+  results.main(argv)
+  first = (docs / "synthetic.json").read_text()
+  n = len(calls)
+  import shutil
+  shutil.rmtree(tmp_path / "runs")
+  results.main(argv)
+  assert len(calls) == n
+  later = json.loads((docs / "synthetic.json").read_text())
+  assert later["tables"] == json.loads(first)["tables"]
+
+
+def test_report_only_never_replaces_a_table_with_a_smaller_one(fake):
+  calls, argv, docs = fake
+  with pytest.raises(SystemExit, match="runs are missing .*nothing written"):
+    results.main(argv + ["--report-only"])
+  assert not calls and not (docs / "synthetic.json").exists()
+
+
+def records_file(docs):
+  return docs / "synthetic" / "records" / "fold1.jsonl"
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "line .* is not a run's record"),
+    ("predictions", "does not match its checksum"),
+    ("accuracy", "is not its predictions'"),
+    ("twice", "two records of one run"),
+])
+def test_damaged_records_are_one_line(fake, damage, message):
+  calls, argv, docs = fake
+  results.main(argv)
+  path = records_file(docs)
+  lines = path.read_text().splitlines()
+  i = next(k for k, line in enumerate(lines) if "predictions" in json.loads(line))
+  r = json.loads(lines[i])
+  if damage == "truncate":
+    lines[i] = lines[i][:40]
+  elif damage == "predictions":
+    p = bytearray(base64.b64decode(r["predictions"]))
+    p[5] = (p[5] + 1) % 6
+    r["predictions"] = base64.b64encode(bytes(p)).decode()
+    lines[i] = json.dumps(r)
+  elif damage == "accuracy":
+    r["final"]["acc"] += 0.01
+    lines[i] = json.dumps(r)
+  else:
+    r["final"]["acc"] += 0.01
+    lines.append(json.dumps(r))
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(SystemExit, match=message):
+    results.main(argv + ["--report-only"])
+
+
+def test_one_invocation_at_a_time(fake, tmp_path):
+  from inforeg_jax.workdir import Lock
+  calls, argv, docs = fake
+  os.makedirs(tmp_path / "runs")
+  held = Lock(str(tmp_path / "runs"))
+  try:
+    with pytest.raises(SystemExit, match="in use by another experiments.results"):
+      results.main(argv)
+  finally:
+    held.release()
+
+
+def test_bad_arguments_are_one_line(fake):
+  _, argv, _ = fake
+  for bad, message in (("--tables=nope", "unknown"), ("--datasets=nope", "unknown"),
+                       ("--jobs=0", "must be >= 1"), ("--folds=a", "not a list")):
+    with pytest.raises(SystemExit, match=message):
+      results.main(argv + [bad])
+
+
+def test_the_search_at_a_ladder_end_says_so(fake, monkeypatch):
+  calls, argv, docs = fake
+  monkeypatch.setitem(PEAK, "lr", 1.0)  # beyond the ladder's top
+  results.main(argv + ["--folds=0"])
+  doc = json.loads((docs / "synthetic.json").read_text())
+  t = {r["name"]: r for r in doc["tables"]["t"]["rows"]}["joint tuned"]["tuning"]["fold0"]
+  assert t["chosen"] == f"--learning_rate={study.LR_LADDER[-1]}"
+  assert not t["interior"] and t["at_ladder_end"] == ["learning_rate"]
+
+
+@pytest.mark.slow
+def test_a_real_tiny_population_through_the_engine_reruns_exactly(tmp_path, monkeypatch):
+  """Real training (a tiny table of two rows on the built-in data, one fold): each run's
+  record, and its recorded command rerun alone in a fresh process gives the same numbers
+  bit for bit (its population's other members notwithstanding)."""
+  table = study.Table("real", "real", rows=(study.Row("joint", ("--method=joint",)),
+                                            study.Row("ogm", ("--method=ogm_ge",))),
+                      seeds=(0, 1))
+  monkeypatch.setitem(study.TABLES, "real", table)
+  argv = ["--tables=real", "--datasets=synthetic", "--jobs=1", f"--out={tmp_path}/runs",
+          f"--docs={tmp_path}/docs", "--run_flags=--tiny --epochs=2 --limit_train=128"]
   assert results.main(argv) == 0
-  tuning = [m for m in members(fake_runs) if "/tuning/" in m[2]]
-  # the same number of tuning runs a method, never on a reported seed
-  for method in ("joint", "inforeg"):
-    mine = [m for m in tuning if f"--method={method}" in m[0]]
-    assert len(mine) == 18 and not {s for _, s, _ in mine} & {0, 1}
-  assert {s for f, s, _ in tuning if "--method=joint" in f} == set(results.TUNING_SEEDS_NO_KEY)
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  row = {r["name"]: r for r in doc["tables"]["tuned"]}
-  # validation prefers lr 0.02 (the fake): chosen; the reported seeds ran with it
-  assert row["joint tuned"]["chosen"] == "learning_rate=0.02"
-  assert row["inforeg tuned"]["chosen"].startswith("learning_rate=0.02 inforeg.beta=")
-  assert row["inforeg tuned"]["seeds"] == [0, 1]
-  assert "--learning_rate=0.02" in row["inforeg tuned"]["command"]
-  assert row["inforeg tuned"]["reference"] == "joint tuned"
-  assert set(row["joint tuned"]["tuning"]["val_acc_by_setting"]) == {
-      f"--learning_rate={lr}" for lr in results.LEARNING_RATES}
-  # the untuned rows beside them, and each tuned row's difference from its defaults
-  assert row["inforeg"]["reference"] == "joint" and "minus_default" in row["inforeg tuned"]
-  finals = [w for _, _, w in members(fake_runs) if "/tuned/" in w]
-  assert sorted(finals) == sorted(f"{tmp_path}/runs/synthetic/tuned/{m}/seed{s}"
-                                  for m in ("joint", "inforeg") for s in (0, 1))
-  # --report-only tabulates the same rows from the finished runs, the tuned ones included
-  fake_runs.clear()
-  (tmp_path / "docs" / "synthetic.json").unlink()
-  assert results.main(argv + ["--report-only"]) == 0 and fake_runs == []
-  again = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  assert again["tables"]["tuned"] == doc["tables"]["tuned"]
-  assert again["not_run"]["tuned"] == []
-
-
-def test_a_sweep_is_compared_with_the_papers_value_even_when_it_comes_later(tmp_path,
-                                                                             fake_runs,
-                                                                             monkeypatch):
-  """Figs. 7/8: each beta against beta 0.9 (the paper's), paired by seed, though 0.9 is the
-  last row; the paper's own row has no difference."""
-  monkeypatch.setattr(results, "rows", lambda t: [
-      (f"inforeg beta={b}", ["--method=inforeg", f"--inforeg.beta={b}"]) for b in (0.3, 0.9)])
-  assert results.main(["--tables=beta", "--datasets=synthetic", "--seeds=0,1,2", "--jobs=1",
-                       f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]) == 0
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  row = {r["name"]: r for r in doc["tables"]["beta"]}
-  assert row["inforeg beta=0.3"]["reference"] == "inforeg beta=0.9"
-  assert row["inforeg beta=0.3"]["minus_reference"]["per_seed"] == [0.0, 0.0, 0.0]
-  assert "minus_reference" not in row["inforeg beta=0.9"]
-
-
-def test_a_summary_of_another_seed_is_refused(tmp_path, fake_runs):
-  workdir = tmp_path / "runs" / "synthetic" / "joint" / "seed1"
-  workdir.mkdir(parents=True)
-  (workdir / "summary.json").write_text(json.dumps(fake_summary(["--method=joint"], 0,
-                                                                str(workdir))))
-  with pytest.raises(RuntimeError, match="a run of seed 0, expected seed 1"):
-    results.main(["--tables=methods", "--datasets=synthetic", "--seeds=0,1", "--jobs=1",
-                  f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"])
-
-
-def test_report_only_leaves_out_rows_without_every_seed(tmp_path, fake_runs):
-  argv = ["--tables=methods", "--datasets=synthetic", "--seeds=0,1", "--jobs=1",
-          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]
-  results.main(argv[:2] + ["--seeds=0"] + argv[3:])  # only seed 0 of each row has run
-  fake_runs.clear()
-  assert results.main(argv + ["--report-only"]) == 0 and fake_runs == []
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  assert doc["not_run"]["methods"] == ["joint", "inforeg"] and doc["tables"]["methods"] == []
-
-
-def test_rows_selects_what_runs_and_what_is_tabulated(tmp_path, fake_runs):
-  argv = ["--tables=methods", "--datasets=synthetic", "--seeds=0", "--jobs=1",
-          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]
-  assert results.main(argv + ["--rows=inforeg"]) == 0
-  assert [f[1] for f, _, _ in members(fake_runs)] == ["--method=inforeg"]
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  assert [r["name"] for r in doc["rows"]] == ["inforeg"]
-  assert doc["table_commands"]["methods"].endswith("--rows='inforeg'")
-  with pytest.raises(SystemExit, match="--rows: unknown"):
-    results.main(argv + ["--rows=nope"])
-
-
-def test_a_setting_in_several_tables_runs_once_in_its_first_rows_folder(tmp_path, fake_runs,
-                                                                          monkeypatch):
-  table = {"methods": [("joint", ["--method=joint"]), ("inforeg", ["--method=inforeg"])],
-           "window": [("inforeg prime", ["--method=inforeg", "--window=prime"]),
-                      ("inforeg other", ["--method=inforeg", "--window=other"])]}
-  monkeypatch.setattr(results, "rows", lambda t: table.get(t, []))
-  argv = ["--tables=window", "--datasets=synthetic", "--seeds=0", "--jobs=1",
-          f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"]
-  assert results.main(argv) == 0
-  # --window=prime is InfoReg's default: the run is the methods table's "inforeg"
-  assert sorted(w for _, _, w in members(fake_runs)) == [
-      f"{tmp_path}/runs/synthetic/{n}/seed0" for n in ("inforeg", "inforeg_other")]
-  assert results.main(argv[:1] + ["--tables=methods,window"] + argv[1:]) == 0
-  assert len(members(fake_runs)) == 3  # joint only: the rest is read back
-  doc = json.loads((tmp_path / "docs" / "synthetic.json").read_text())
-  assert {r["name"]: r["acc"] for r in doc["tables"]["window"]}["inforeg prime"] == \
-      {r["name"]: r["acc"] for r in doc["tables"]["methods"]}["inforeg"]
-
-
-def test_populations_group_by_program_and_progress(tmp_path):
-  run = lambda flags, seed, w: results.Run(tuple(["--dataset=synthetic", *flags]), seed,
-                                           str(tmp_path / w / f"seed{seed}"))
-  runs = [run(["--method=agm"], 0, "a"), run(["--method=agm", "--agm.alpha=2"], 1, "b"),
-          run(["--method=agm", "--learning_rate=0.1"], 2, "c"),
-          run(["--method=agm", "--fusion=sum"], 0, "d"), run(["--method=joint"], 0, "e")]
-  (tmp_path / "c" / "seed2" / "checkpoints" / "4").mkdir(parents=True)  # under way
-  groups = sorted(sorted(m.workdir[-7:] for m in p) for p in results.populations(runs))
-  # member-wise values (alpha, seed) share a program; the fusion and the method do not; a run
-  # under way resumes apart from fresh ones
-  assert groups == [["a/seed0", "b/seed1"], ["c/seed2"], ["d/seed0"], ["e/seed0"]]
-
-
-def test_missing_data_is_one_line_with_the_command(tmp_path, capsys):
-  with pytest.raises(SystemExit, match="python -m data_prep.avmnist --variant=hard"):
-    results.main(["--datasets=avmnist_hard", f"--data_root={tmp_path}", "--jobs=1",
-                  f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs"])
-  with pytest.raises(SystemExit, match="--datasets: unknown"):
-    results.main(["--datasets=imagenet"])
-
-
-def test_the_bootstrap_covers_seeds_and_test_examples():
-  rng = np.random.default_rng(0)
-  ref = rng.random((5, 400)) < 0.6
-  same = results.bootstrap(ref, ref)
-  assert same == [0.0, 0.0]
-  better = ref | (rng.random((5, 400)) < 0.1)  # about +0.04 on every seed
-  low, high = results.bootstrap(better, ref)
-  diff = float(better.mean() - ref.mean())
-  assert low < diff < high and low > 0
-  # fewer test examples: a wider interval
-  low2, high2 = results.bootstrap(better[:, :100], ref[:, :100])
-  assert high2 - low2 > high - low
-  assert results.bootstrap(None, ref) is None
-
-
-def test_canonical_drops_only_restated_defaults():
-  flags = results.resolve(["--method=ogm_ge", "--window=whole", "--fusion=concat",
-                           "--epochs=7"], "synthetic", "data")
-  assert results.canonical(flags) == ("--dataset=synthetic", "--method=ogm_ge", "--epochs=7")
-
-
-def test_a_real_tiny_population_through_the_engine(tmp_path, monkeypatch):
-  """Two seeds of a real tiny run: trained as one population (in this process), each
-  member's summary, predictions and row; a rerun reads them back."""
-  monkeypatch.setattr(results, "RUN_FLAGS", ["--tiny", "--epochs=1", "--limit_train=64"])
-  runs = [results.Run(tuple(results.resolve(["--method=joint"], "synthetic", "data")), s,
-                      str(tmp_path / f"seed{s}")) for s in (0, 1)]
-  done = results.run_all(runs, 1, str(tmp_path), False)
-  assert [done[r.workdir]["seed"] for r in runs] == [0, 1]
-  assert all(done[r.workdir]["population"] == 2 for r in runs)
-  assert np.load(tmp_path / "seed1" / "test_predictions.npy").shape == (1000,)
-  assert results.run_all(runs, 1, str(tmp_path), False) == done
-
-
-def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
-  """--resume refuses a folder with metrics but no checkpoint (it could be a finished run
-  whose checkpoints were lost); the engine's own unfinished run of that kind is emptied and
-  trained from the start instead of failing its population."""
-  killed = tmp_path / "killed" / "seed0"
-  (killed / "checkpoints").mkdir(parents=True)
-  (killed / "metrics.jsonl").write_text('{"epoch": 0}\n')
-  run = results.Run(("--method=joint",), 0, str(killed))
-  assert results.resumable([run]) is False and not killed.exists()
-  saved = tmp_path / "saved" / "seed0"
-  (saved / "checkpoints" / "4").mkdir(parents=True)
-  (saved / "metrics.jsonl").write_text('{"epoch": 0}\n')
-  assert results.resumable([results.Run(("--method=joint",), 0, str(saved))]) is True
-  assert (saved / "metrics.jsonl").exists()
+  [path] = (tmp_path / "docs").glob("synthetic_*.json")
+  doc = json.loads(path.read_text())
+  run = {r["name"]: r for r in doc["tables"]["real"]["rows"]}["ogm"]["runs"][1]
+  assert run["population"] == 2  # trained beside the other seed
+  env_flags, cmd = run["command"].split(" python -m ")
+  xla = env_flags.split("=", 1)[1].strip("'")
+  argv = cmd.split()[1:] + [f"--workdir={tmp_path / 'alone'}"]
+  proc = subprocess.run([sys.executable, "-m", "experiments.run", *argv], cwd=ROOT,
+                        env=dict(os.environ, XLA_FLAGS=xla), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  alone = json.loads((tmp_path / "alone" / "summary.json").read_text())
+  assert alone["final"]["acc"] == run["acc"] and alone["final"]["acc_audio"] == run["acc_audio"]

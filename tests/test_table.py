@@ -49,7 +49,7 @@ def test_table_keeps_other_settings_apart_and_names_them(tmp_path):
   text = table.render([str(tmp_path)])
   assert "| settings |" in text and len(rows(text)) == 4
   assert [r.count("| 1 |") for r in rows(text)] == [1, 1, 1, 1]  # one seed each, never pooled
-  settings = [r.split(" | ")[6] for r in rows(text)]
+  settings = [r.split(" | ")[7] for r in rows(text)]
   assert settings == ["epochs=2 threshold=default", "epochs=2 threshold=0.1",
                       "epochs=4 threshold=default", "epochs=10 threshold=default"]
 
@@ -59,7 +59,7 @@ def test_group_by_gives_a_field_its_own_column(tmp_path):
   write(tmp_path, "b", "inforeg", 0, 0.8, inforeg={"variant": "paper", "beta": 0.9})
   text = table.render([str(tmp_path)], group_by=["inforeg.beta"])
   assert "| inforeg.beta | acc |" in text and "settings" not in text
-  assert [r.split(" | ")[6] for r in rows(text)] == ["0.5", "0.9"]
+  assert [r.split(" | ")[7] for r in rows(text)] == ["0.5", "0.9"]
   with pytest.raises(SystemExit, match=r"--group_by=inforeg\.bta: no run's config"):
     table.render([str(tmp_path)], group_by=["inforeg.bta"])
 

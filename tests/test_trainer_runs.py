@@ -25,7 +25,8 @@ def tiny_dataset():
 
 def tiny(workdir, **kw):
   values = dict(workdir=str(workdir), width=2, batch_size=16, eval_batch_size=32, epochs=3,
-                lr_step_epochs=2, method="inforeg", window="whole", encoder="small_cnn")
+                lr_step_epochs=2, method="inforeg", window="whole", encoder="small_cnn",
+                steps_per_call=1)
   values.update(kw)
   return make_config(**values)
 

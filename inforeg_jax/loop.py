@@ -47,6 +47,8 @@ class Loop:  # pragma: no mutate
   cfg: Config  # member 0's (the settings all members share)
   dataset: Dataset
   program: Program
+  # called after every compiled call the loop makes (Ctrl-C and SIGTERM raise there)
+  interrupt: Callable[[], None] = lambda: None
 
   @property
   def members(self) -> int:
@@ -108,6 +110,7 @@ class Loop:  # pragma: no mutate
       for chunk in self.train_chunks(epoch, arrays):
         state, metrics = program._train_chunk(state, chunk, hyper)
         records.append(metrics)
+        self.interrupt()
         if on_step is not None:
           on_step(records)
       return state, records
@@ -118,6 +121,7 @@ class Loop:  # pragma: no mutate
         states[i], metrics = program._train_chunk(states[i], chunk, hypers[i])
         record.append(metrics)
       records.append(record)
+      self.interrupt()
       if on_step is not None:
         on_step(records)
     return program.restack(states), records
@@ -164,6 +168,7 @@ class Loop:  # pragma: no mutate
       chunk = to_global(stack_np(chunk), self._sharding(None, "data"))
       outs.append(program._eval_chunk(state, chunk) if states is None else
                   stack_np(jax.device_get([program._eval_chunk(s, chunk) for s in states])))
+      self.interrupt()
     # the outputs are whole on every process: one transfer for the whole evaluation
     outs = jax.device_get(outs)
     joined = {k: np.concatenate([np.asarray(o[k]) for o in outs], axis=1) for k in outs[0]}
@@ -186,6 +191,7 @@ class Loop:  # pragma: no mutate
     for i, chunk in enumerate(self.train_chunks(epoch, steps_per_call=1)):
       if i == num_batches:
         return
+      self.interrupt()
       rngs = [jax.random.fold_in(member_rng(h), 2**30 + i) if augment else None
               for h in hypers]
       if states is None:

@@ -18,6 +18,7 @@ the loop unstacks them once an epoch (`Program.unstack`), not once a step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Callable, Sequence
 
@@ -154,20 +155,49 @@ def example_inputs(dataset: Dataset) -> dict:
   return example
 
 
-def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_epoch: int,
-                  mesh=None, execution: str | None = None) -> Program:  # pragma: no mutate
-  """The method, model and optimizer for the members ``cfgs`` (or one config), built once;
-  every member's state sharded over ``mesh``; the steps jitted (vmapped when vectorised)."""
-  cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
-  cfg = cfgs[0]
-  vector = vectorised(execution or cfg.execution)
-  mesh = make_mesh(len(cfgs), vector) if mesh is None else mesh
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """What a program is, whatever its members' values: the method, model and optimizer and
+  the jitted functions (a population's members are arguments to them)."""
+
+  method: Method
+  optimizer: Optimizer
+  model: Any
+  create: Callable  # hyper -> a member's (vectorised: every member's) initial state
+  step: Callable
+  steps: Callable
+  evaluate: Callable
+  forward: Callable
+  member_state_shape: Any
+
+
+# Programs built in this process, reused by later populations of the same program on the
+# same prepared data (tracing a step costs seconds; results' workers build many)
+_PROGRAMS: dict[tuple, Compiled] = {}
+
+
+def _program_key(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh, vector: bool):
+  """Everything the jitted functions close over: the config less the member-wise values and
+  what only names outputs, the prepared data (None for data without an identity: built in or
+  made by hand, never reused), the mesh."""
+  if not dataset.identity or not dataset.identity.get("sha256"):
+    return None
+  from inforeg_jax.config import flatten, member_fields
+  skip = set(member_fields()) | {"seed", "workdir", "resume", "overwrite", "plots",
+                                 "checkpoint_every"}
+  flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in skip}
+  return (json.dumps(flat, sort_keys=True, default=str), dataset.identity["sha256"],
+          dataset.modalities, steps_per_epoch, tuple(mesh.devices.flat), mesh.shape_tuple,
+          vector)
+
+
+def _compile(cfg: Config, dataset: Dataset, steps_per_epoch: int, mesh,
+             vector: bool) -> Compiled:
   setup = Setup(modalities=dataset.modalities, num_classes=dataset.num_classes,
                 steps_per_epoch=steps_per_epoch, window=cfg.resolved_window)
   method = build_method(cfg, setup)
   model = method.build_model(dataset)
   example = example_inputs(dataset)
-  hyper = hyper_lib.stack([hyper_lib.hyper_of(c) for c in cfgs])
   params_shape = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(0)}, example, train=False))["params"]
   labels = modality_labels(params_shape, setup.modalities)
@@ -188,13 +218,11 @@ def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_e
 
   members = NamedSharding(mesh, P("pop"))
   replicated = NamedSharding(mesh, P())
-  hyper0 = hyper_lib.member(hyper, 0)
   shared_chunk = NamedSharding(mesh, P(None, "data"))  # [K, B, ...]: the batch split
   if vector:
     batch, chunk = NamedSharding(mesh, P("pop", "data")), NamedSharding(mesh, P("pop", None,
                                                                                 "data"))
-    state = jax.jit(jax.vmap(create_state), out_shardings=members)(
-        jax.device_put(hyper, members))
+    create = jax.jit(jax.vmap(create_state), in_shardings=members, out_shardings=members)
     step = jax.jit(jax.vmap(train_step), in_shardings=(members, batch, members),
                    out_shardings=(members, members), donate_argnums=0)
     steps = jax.jit(jax.vmap(train_chunk), in_shardings=(members, chunk, members),
@@ -205,9 +233,6 @@ def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_e
   else:
     batch = NamedSharding(mesh, P("data"))
     create = jax.jit(create_state, out_shardings=replicated)
-    states = [create(jax.device_put(hyper_lib.member(hyper, i), replicated))
-              for i in range(len(cfgs))]
-    state = jax.jit(lambda *s: stack(s), out_shardings=members)(*states)
     step = jax.jit(train_step, in_shardings=(replicated, batch, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=0)
     steps = jax.jit(train_chunk, in_shardings=(replicated, shared_chunk, replicated),
@@ -215,8 +240,36 @@ def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_e
     evaluate = jax.jit(eval_chunk, in_shardings=(replicated, shared_chunk),
                        out_shardings=replicated)
     forward = jax.jit(predict)
-  return Program(method, optimizer, model, hyper, state, mesh, vector,
-                 jax.eval_shape(create_state, hyper0), step, steps, evaluate, forward)
+  shape = jax.eval_shape(create_state, hyper_lib.hyper_of(cfg))
+  return Compiled(method, optimizer, model, create, step, steps, evaluate, forward, shape)
+
+
+def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_epoch: int,
+                  mesh=None, execution: str | None = None) -> Program:  # pragma: no mutate
+  """The method, model and optimizer for the members ``cfgs`` (or one config), built once (and
+  reused by this process's later populations of the same program on the same prepared data);
+  every member's state sharded over ``mesh``; the steps jitted (vmapped when vectorised)."""
+  cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
+  cfg = cfgs[0]
+  vector = vectorised(execution or cfg.execution)
+  mesh = make_mesh(len(cfgs), vector) if mesh is None else mesh
+  key = _program_key(cfg, dataset, steps_per_epoch, mesh, vector)
+  compiled = _PROGRAMS.get(key) if key is not None else None
+  if compiled is None:
+    compiled = _compile(cfg, dataset, steps_per_epoch, mesh, vector)
+    if key is not None:
+      _PROGRAMS[key] = compiled
+  hyper = hyper_lib.stack([hyper_lib.hyper_of(c) for c in cfgs])
+  members, replicated = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
+  if vector:
+    state = compiled.create(jax.device_put(hyper, members))
+  else:
+    states = [compiled.create(jax.device_put(hyper_lib.member(hyper, i), replicated))
+              for i in range(len(cfgs))]
+    state = jax.jit(lambda *s: stack(s), out_shardings=members)(*states)
+  c = compiled
+  return Program(c.method, c.optimizer, c.model, hyper, state, mesh, vector,
+                 c.member_state_shape, c.step, c.steps, c.evaluate, c.forward)
 
 
 __all__ = ["Program", "build_program", "make_mesh", "to_global", "stack", "member_slice",

@@ -98,7 +98,10 @@ def _train(members: list[Member], dataset, progress, files, writer,
   except ValueError as e:  # a method refusing this setting (e.g. Greedy's two modalities)
     raise RunError(str(e)) from None
   log = RunLog([m.workdir for m in members] if writer else [], console=writer)
-  loop = loop_lib.Loop(cfg, dataset, program)
+  # Ctrl-C and SIGTERM stop at the loop's next compiled call, a method's own passes (e.g.
+  # G-Blending's trials before epoch 0) included
+  stop = loop_lib.StopAtStep()
+  loop = loop_lib.Loop(cfg, dataset, program, interrupt=stop.check)
   for m in members:
     m.mngr = checkpoint.manager(m.workdir)
   try:
@@ -119,6 +122,7 @@ def _train(members: list[Member], dataset, progress, files, writer,
     log.open()
     return _run(members, loop, state, steps, log, progress, writer, started)
   finally:
+    stop.restore()
     for m in members:
       if m.mngr is not None:
         m.mngr.close()
@@ -162,12 +166,10 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer,
             f"checkpoint: {last}). Lower --learning_rate, or pass --skip_nonfinite to skip "
             "such steps")
 
-  stop = loop_lib.StopAtStep()
   t0 = time.time()
   wall["startup"] = time.perf_counter() - started
 
   def on_step(steps: int):
-    stop.check()
     bar.update(steps)
 
   try:
@@ -189,12 +191,11 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer,
                                                    for k in modalities),
                    console=not interactive)
       wall["write"] += time.perf_counter() - written
-      stop.check()  # a signal during evaluation or the saves stops here, the epoch saved
+      loop.interrupt()  # a signal during evaluation or the saves stops here, the epoch saved
       live = [m for m in members if not m.stopped]
       if live:
         bar.set_postfix(acc=f"{sum(m.history[-1]['acc'] for m in live) / len(live):.3f}")
   finally:
-    stop.restore()
     bar.close()
     closing = time.perf_counter()
     for m in members:

@@ -110,3 +110,30 @@ def test_the_checkpoint_kept_as_best_is_the_best_validation_epoch(tmp_path, monk
   kept = sorted(int(d) for d in os.listdir(tmp_path / "r" / "checkpoints") if d.isdigit())
   assert kept == sorted({best_val, 5})
   assert summary["selected"]["epoch"] == best_val and summary["best"]["epoch"] == best_test
+
+
+def test_a_signal_stops_a_methods_own_passes_at_the_next_call(tmp_path, monkeypatch):
+  """SIGTERM during G-Blending's trials before epoch 0 (minutes of training on a real
+  dataset) stops the run at the trial's next compiled call, not after the trials."""
+  import signal
+
+  from inforeg_jax.methods.gblending import GBlending
+  calls = []
+  trial = GBlending.trial
+
+  def signalled_trial(self, loop, state, head, epoch):
+    if not calls:
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first trial trains
+    train_epoch = loop.train_epoch
+    loop.train_epoch = lambda *a, **k: (calls.append(1), train_epoch(*a, **k))[1]
+    return trial(self, loop, state, head, epoch)
+
+  monkeypatch.setattr(GBlending, "trial", signalled_trial)
+  previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  try:
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+      trainer.train(tiny(tmp_path / "g", method="gblending", **{"gblending.super_epoch": 3}),
+                    tiny_dataset(), progress=False)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert len(calls) == 1  # the first trial epoch's first call, of 3 heads x 3 epochs

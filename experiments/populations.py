@@ -94,8 +94,13 @@ def _fresh_or_resumed(members: list[Unit]) -> bool:
   return resume
 
 
+_STOPPED: list = []  # in a worker: SIGTERM came; it takes no further population
+
+
 def train_population(members: list[Unit], log_path: str) -> None:
   """Trains one population (in a worker process), its output to ``log_path``."""
+  if _STOPPED:
+    raise Stopped("SIGTERM")
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   streams = sys.stdout, sys.stderr
   with open(log_path, "a") as log:
@@ -109,7 +114,11 @@ def train_population(members: list[Unit], log_path: str) -> None:
       cfgs = [parse_flags(list(m.flags) + [
           f"--seed={m.seed}", f"--workdir={m.workdir}", f"--checkpoint_every={CHECKPOINT_EVERY}",
           "--plots=false", "--resume" if resume else "--overwrite"])[0] for m in members]
-      train(cfgs, progress=False)
+      try:
+        train(cfgs, progress=False)
+      except KeyboardInterrupt:  # SIGTERM from the parent: the run stopped at a step
+        _STOPPED.append(True)
+        raise
     finally:
       sys.stdout, sys.stderr = streams
 
@@ -118,6 +127,7 @@ def _worker_init(cache: str) -> None:
   os.environ["XLA_FLAGS"] = SINGLE_THREAD
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops a run
+  signal.signal(signal.SIGTERM, lambda *_: _STOPPED.append(True))  # (between two runs)
 
 
 def train_units(units: Sequence[Unit], jobs: int, logs: str,

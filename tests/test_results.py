@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -236,3 +237,49 @@ def test_a_real_tiny_population_through_the_engine_reruns_exactly(tmp_path, monk
   assert proc.returncode == 0, proc.stderr[-2000:]
   alone = json.loads((tmp_path / "alone" / "summary.json").read_text())
   assert alone["final"]["acc"] == run["acc"] and alone["final"]["acc_audio"] == run["acc_audio"]
+
+
+def processes_with(marker: str) -> list[int]:
+  """Live processes whose environment holds ``marker`` (a command and every child of it)."""
+  found = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        if marker.encode() in f.read():
+          found.append(int(pid))
+    except OSError:
+      continue
+  return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_every_worker_with_one_line(tmp_path, signum, status):
+  """Ctrl-C or SIGTERM to experiments.results: one line, exit 130/143, no worker left (a
+  worker whose run stopped takes no further population)."""
+  import time
+  marker = f"INFOREG_TEST_MARKER={tmp_path.name}"
+  env = dict(os.environ, INFOREG_TEST_MARKER=tmp_path.name)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.results", "--tables=epochs", "--datasets=synthetic",
+       "--jobs=2", f"--out={tmp_path}/runs", f"--docs={tmp_path}/docs",
+       "--run_flags=--tiny --epochs=400 --limit_train=256"],
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)
+  try:
+    deadline = time.time() + 300
+    while not list((tmp_path / "runs").glob("synthetic/*/*/metrics.jsonl")):
+      assert time.time() < deadline and proc.poll() is None, "no run started"
+      time.sleep(0.5)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == status, err[-2000:]
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and "run the same command again to continue" in lines[0], err[-2000:]
+  deadline = time.time() + 30
+  while processes_with(marker) and time.time() < deadline:
+    time.sleep(0.5)
+  assert not processes_with(marker)

@@ -13,6 +13,7 @@ without complaint), is skipped for the one before it, and the caller is told.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Callable
 
@@ -50,6 +51,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
   """Saves after ``epoch`` (``loop`` is JSON; the state's `digest` is added to it), then
   deletes every checkpoint but the last ``keep_last`` and ``best_epoch``'s."""
   loop = {**loop, "state_sha256": digest(state)}
+  loop["loop_sha256"] = loop_digest(loop)
   mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            loop=ocp.args.JsonSave(loop)), force=True)
   mngr.wait_until_finished()
@@ -59,12 +61,26 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
       mngr.delete(step)
 
 
+def loop_digest(loop: dict) -> str:
+  """sha256 of a checkpoint's loop JSON (all but this checksum): its history, config and data
+  identity are what a resumed run reports from, so they are checked as the arrays are."""
+  fields = {k: v for k, v in loop.items() if k != "loop_sha256"}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _checked_loop(loop: dict) -> dict:
+  if loop.get("loop_sha256") not in (None, loop_digest(loop)):
+    raise ValueError("its loop JSON does not match its checksum")
+  return loop
+
+
 def latest_loop(mngr: ocp.CheckpointManager) -> dict | None:
   """The loop JSON of the latest checkpoint whose JSON can be read (None when none can):
   cheap, no state is read, so a run can be checked before it builds anything."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      return mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
+      return _checked_loop(mngr.restore(step, args=ocp.args.Composite(
+          loop=ocp.args.JsonRestore()))["loop"])
     except Exception:  # damaged: restore_latest reports it
       continue
   return None
@@ -90,6 +106,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
       loop = mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
     except Exception as e:  # a damaged checkpoint: orbax/tensorstore raise many kinds
       skipped.append(f"checkpoint {step} ({type(e).__name__})")
+      continue
+    if loop.get("loop_sha256") not in (None, loop_digest(loop)):
+      skipped.append(f"checkpoint {step} (its loop JSON does not match its checksum)")
       continue
     if check is not None:
       check(loop)

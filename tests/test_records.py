@@ -148,6 +148,19 @@ def test_damaged_manifest(tmp_path):
   assert str(out / "manifest.json") in message
 
 
+@pytest.mark.parametrize("field,value", [("num_classes", 3), ("kinds", {"x": "frames"}),
+                                         ("splits", {})])
+def test_a_manifest_field_edited_by_hand_is_caught(tmp_path, field, value):
+  """The manifest's own fields (classes, kinds, splits) are covered by its checksum, as the
+  files are by theirs: an edit is one line at load, never a run on a changed definition."""
+  out = tmp_path / "d"
+  prepare(out)
+  manifest = json.loads((out / "manifest.json").read_text())
+  manifest[field] = value
+  (out / "manifest.json").write_text(json.dumps(manifest))
+  data_error(out, "do not match its checksum")
+
+
 def test_older_format_is_refused(tmp_path):
   out = tmp_path / "d"
   (out / "train").mkdir(parents=True)

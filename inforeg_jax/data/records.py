@@ -164,6 +164,7 @@ class Preparation:
             if rel.endswith("/label.npy")}
     manifest = {**manifest, "format": FORMAT, "version": self.version, "files": self.files,
                 "splits": {s: {"dir": f"{self.version}/{s}", "rows": n} for s, n in rows.items()}}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     old = read_manifest(self.out_dir, strict=False)
     tmp = os.path.join(self.out_dir, f"{MANIFEST}.{os.getpid()}.partial")
     with open(tmp, "w") as f:
@@ -248,7 +249,20 @@ def read_manifest(out_dir: str, strict: bool = True, name: str = "") -> dict | N
       return None
     raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data again: "
                     f"{prep_command(name or 'dataset', out_dir)}") from None
+  if manifest.get("manifest_sha256") not in (None, manifest_digest(manifest)):
+    if not strict:
+      return None
+    raise DataError(f"{path}: its fields (classes, shapes, splits, ...) do not match its "
+                    "checksum (edited or damaged); prepare the data again: "
+                    f"{prep_command(name or 'dataset', out_dir)}")
   return manifest
+
+
+def manifest_digest(manifest: Mapping) -> str:
+  """sha256 of a manifest's own fields (all but this checksum), so that a field edited by
+  hand (the classes, a shape, a split's rows) is caught at load, as the files are by theirs."""
+  fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_split(folder: str) -> dict[str, np.ndarray]:

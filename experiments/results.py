@@ -470,10 +470,9 @@ def main(argv=None) -> int:
   extra = args.run_flags.split()
   os.makedirs(args.out, exist_ok=True)
   try:
-    lock = Lock(args.out)
+    lock = Lock(args.out, "--out", "another experiments.results")
   except RunError as e:
-    raise SystemExit(f"error: --out={args.out} is in use by another experiments.results "
-                     f"({e}): wait for it") from None
+    raise SystemExit(f"error: {e}") from None
   try:
     for name in names:
       folds = folds_of(name, args.data_root, only)

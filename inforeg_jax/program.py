@@ -37,6 +37,11 @@ from inforeg_jax.train import (Optimizer, TrainState, build_method, make_create_
                                make_eval_step, make_predict, make_train_step)
 
 EXECUTIONS = ("auto", "sequential", "vectorised")
+# Vectorised on the CPU, a population's program holds a native convolution per member
+# (`models.member_conv`): its compile time grows with the members (AV-MNIST preset, 2 cores:
+# 12 s at 1, 21 s at 4, 28 s at 16, cold cache). One after another it is one single-member
+# program for any N (compiled once, 2-5 s to set up a population after that).
+MAX_VECTORISED_CPU_MEMBERS = 64
 
 
 def vectorised(execution: str) -> bool:
@@ -252,6 +257,10 @@ def build_program(cfgs: Sequence[Config] | Config, dataset: Dataset, steps_per_e
   cfgs = [cfgs] if isinstance(cfgs, Config) else list(cfgs)
   cfg = cfgs[0]
   vector = vectorised(execution or cfg.execution)
+  if vector and jax.default_backend() == "cpu" and len(cfgs) > MAX_VECTORISED_CPU_MEMBERS:
+    raise ValueError(f"a vectorised population of {len(cfgs)} members on the CPU compiles a "
+                     f"convolution per member (minutes past {MAX_VECTORISED_CPU_MEMBERS}): "
+                     "use --execution=sequential (the CPU's default), or fewer members")
   mesh = make_mesh(len(cfgs), vector) if mesh is None else mesh
   key = _program_key(cfg, dataset, steps_per_epoch, mesh, vector)
   compiled = _PROGRAMS.get(key) if key is not None else None

@@ -60,16 +60,16 @@ def check_writable(workdir: str) -> None:
 class Lock:
   """An exclusive lock on a workdir for as long as this run writes it."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, flag: str = "--workdir", holder: str = "another run"):
     self.path = os.path.join(workdir, LOCK)
     self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
+      pid = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
       os.close(self.fd)
-      raise RunError(f"--workdir={workdir} is in use by another run (pid {holder}): wait for "
-                     "it, or choose another --workdir") from None
+      raise RunError(f"{flag}={workdir} is in use by {holder} (pid {pid}): wait for it, or "
+                     f"choose another {flag}") from None
     os.ftruncate(self.fd, 0)
     os.write(self.fd, str(os.getpid()).encode())
 

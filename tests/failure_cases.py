@@ -441,6 +441,26 @@ def a_finished_run(tmp):
   tiny_run(f"{tmp}/runs/a")
 
 
+def out_in_use(tmp):
+  """Another experiments.results holding --out's lock (for 60 s)."""
+  os.makedirs(f"{tmp}/out", exist_ok=True)
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from inforeg_jax.workdir "
+                             "import Lock; Lock(sys.argv[1]); print('held', flush=True); "
+                             "time.sleep(60)", f"{tmp}/out"], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+  assert holder.stdout.readline().strip() == "held"
+
+
+def damaged_record(tmp):
+  os.makedirs(f"{tmp}/docs/synthetic/records")
+  with open(f"{tmp}/docs/synthetic/records/all.jsonl", "w") as f:
+    f.write('{"fold": null, "key": "{}", "se\n')
+
+
+RESULTS = ["experiments.results", "--tables=epochs", "--datasets=synthetic", "--out={tmp}/out",
+           "--docs={tmp}/docs"]
+
+
 def two_copies_of_a_seed(tmp):
   tiny_run(f"{tmp}/runs/a")
   import shutil
@@ -692,8 +712,19 @@ CASES: list[Case] = [
     Case("bench with an unknown method", side("experiments.bench", "--methods=nope"), 2,
          "nope", group="side"),
     Case("results without the data", side("experiments.results", "--datasets=avmnist_hard",
-                                          "--data_root={tmp}/nodata"), 2,
+                                          "--data_root={tmp}/nodata", "--out={tmp}/out"), 2,
          "no prepared avmnist_hard", group="side"),
+    Case("results --report-only with runs missing", side(*RESULTS, "--report-only"), 2,
+         "runs are missing", group="side"),
+    Case("results while another holds --out", side(*RESULTS, setup=out_in_use), 2,
+         "in use by another experiments.results", group="side"),
+    Case("results over a damaged record", side(*RESULTS, "--report-only",
+                                               setup=damaged_record), 2,
+         "is not a run's record", group="side"),
+    Case("a vectorised population too large to compile on the CPU",
+         lambda tmp: RUN + TINY + ["--execution=vectorised", f"--workdir={tmp}/pop",
+                                   "--seeds=" + ",".join(map(str, range(65)))], 2,
+         "compiles a convolution per member"),
 ]
 
 

@@ -59,6 +59,11 @@ class Fold:
   data_dir: str | None  # None: built in
   prep: str | None  # the command that prepares it (FSDD, MNIST: the raw data)
   extra: tuple[str, ...] = ()  # --run_flags: added to every run (a smoke test's own records)
+  tuner: Fold | None = None  # the fold whose validation split tunes this one (None: itself)
+
+  @property
+  def tuning(self) -> Fold:
+    return self.tuner or self
 
   @property
   def label(self) -> str:
@@ -76,18 +81,18 @@ def folds_of(name: str, data_root: str, only: list[int] | None) -> list[Fold]:
     return [Fold(name, dataset, None, None, None)]
   if entry.folds == 1:
     return [Fold(name, dataset, None, os.path.join(data_root, entry.folder), entry.prep)]
-  out = []
-  for k in range(entry.folds):
-    if only is None or k in only:
-      prep = entry.prep.replace("FOLD", str(k))
-      out.append(Fold(name, dataset, k, os.path.join(data_root, f"{entry.folder}_fold{k}"),
-                      prep))
-  return out
+  every = [Fold(name, dataset, k, os.path.join(data_root, f"{entry.folder}_fold{k}"),
+                entry.prep.replace("FOLD", str(k))) for k in range(entry.folds)]
+  tuned_on = entry.tuned_on or range(entry.folds)
+  every = [dataclasses.replace(f, tuner=None if tuned_on[k] == k else every[tuned_on[k]])
+           for k, f in enumerate(every)]
+  return [f for f in every if only is None or f.fold in only]
 
 
 def check_data(folds: list[Fold], fsdd: str, mnist: str) -> None:
-  """Every fold's prepared data present, or prepared now, or one line saying what to run."""
-  for f in folds:
+  """Every fold's prepared data (and its tuning fold's) present, or prepared now, or one line
+  saying what to run."""
+  for f in dict.fromkeys([g for fold in folds for g in (fold, fold.tuning)]):
     if f.data_dir is None or os.path.exists(os.path.join(f.data_dir, "manifest.json")):
       continue
     cmd = f.prep.replace("DIR", f.data_dir)
@@ -250,7 +255,7 @@ def row_flags(table: study.Table, row: study.Row, fold: Fold, records: Records):
   """A row's run flags on a fold, or None while its search has not chosen."""
   flags = list(row.flags)
   if row.tuned:
-    state = search_state(study.SEARCHES[row.tuned], fold, records)
+    state = search_state(study.SEARCHES[row.tuned], fold.tuning, records)
     if state.chosen is None:
       return None
     flags = list(study.SEARCHES[row.tuned].flags_of(state.chosen)) + flags
@@ -276,10 +281,10 @@ def plan(tables: list[study.Table], folds: list[Fold], records: Records, out: st
   for fold in folds:
     for t in tables:
       for name in t.searches():
-        search = study.SEARCHES[name]
-        for point in search_state(search, fold, records).needed:
+        search, tuning = study.SEARCHES[name], fold.tuning
+        for point in search_state(search, tuning, records).needed:
           for seed in study.TUNING_SEEDS:
-            want(fold, resolve(search.flags_of(point), fold), seed, False)
+            want(tuning, resolve(search.flags_of(point), tuning), seed, False)
       for row in t.rows:
         flags = row_flags(t, row, fold, records)
         if flags is not None:
@@ -346,8 +351,8 @@ def row_report(table, row, folds, records, labels, seeds) -> dict | None:
                   "train_seconds": r["train_seconds"]}
                  for fold, rs in zip(folds, got) for r in rs]
   if row.tuned:
-    out["tuning"] = {fold.label or "all": tuning_report(study.SEARCHES[row.tuned], fold, records)
-                     for fold in folds}
+    out["tuning"] = {fold.label or "all": tuning_report(study.SEARCHES[row.tuned], fold.tuning,
+                                                        records) for fold in folds}
   return out
 
 
@@ -356,7 +361,7 @@ def tuning_report(search: study.Search, fold: Fold, records: Records) -> dict:
   tried = [{"setting": " ".join(search.flags_of(p)[len(search.flags):]),
             "val_acc": round(v, 4)} for p, v in sorted(state.tried.items())]
   ends = search.at_ladder_end(state.chosen)
-  return {"seeds": list(study.TUNING_SEEDS), "tried": tried,
+  return {"tuned_on": fold.label or "all", "seeds": list(study.TUNING_SEEDS), "tried": tried,
           "chosen": " ".join(search.flags_of(state.chosen)[len(search.flags):]),
           "interior": not ends, "at_ladder_end": ends}
 
@@ -491,7 +496,8 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
   docs = os.path.join(args.docs, name + ("_" + "_".join(f.lstrip("-").replace("=", "-")
                                                          for f in extra) if extra else ""))
   records = Records(os.path.join(docs, "records"))
-  for fold in folds:  # the records were made on this data (or none is here: report only)
+  # the records were made on this data (or none is here: report only)
+  for fold in dict.fromkeys([g for f in folds for g in (f, f.tuning)]):
     here = data_identity(fold) if fold.data_dir and os.path.isdir(fold.data_dir) else None
     for r in records.by_key.values():
       if r["fold"] == fold.fold and here and r.get("data") and (

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,11 @@ def write_run(unit, fold):
     json.dump(summary, f)
 
 
+def fold_of(unit) -> int:
+  """The fold a unit trains on (its folder: <out>/<dataset>/fold<k>/...)."""
+  return int(re.search(r"[/\\]fold(\d+)[/\\]", unit.workdir).group(1))
+
+
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
   """Three folds of the built-in data, a two-method table, fake training; the units each
@@ -79,7 +85,7 @@ def fake(monkeypatch, tmp_path):
   def train_units(units, jobs, logs, done, progress):
     calls.append(list(units))
     for u in units:
-      write_run(u, int(u.workdir.split("fold")[1].split(os.sep)[0]))
+      write_run(u, fold_of(u))
     done(list(units))
 
   monkeypatch.setattr(populations, "train_units", train_units)
@@ -283,3 +289,28 @@ def test_a_signal_stops_every_worker_with_one_line(tmp_path, signum, status):
   while processes_with(marker) and time.time() < deadline:
     time.sleep(0.5)
   assert not processes_with(marker)
+
+
+def test_a_fold_tuned_on_another_folds_validation_split(fake, monkeypatch):
+  """Fold 2 takes fold 0's choice (its tuning never runs on fold 2), as protocol v2's folds
+  other than fold 1 take fold 0's."""
+  import dataclasses
+  calls, argv, docs = fake
+  base = [results.Fold("synthetic", "synthetic", k, None, None) for k in range(3)]
+  folds = base[:2] + [dataclasses.replace(base[2], tuner=base[0])]
+  monkeypatch.setattr(results, "folds_of", lambda name, root, only: [
+      f for f in folds if only is None or f.fold in only])
+  results.main(argv)
+  assert {fold_of(u) for c in calls for u in c if u.seed >= 100} == {0, 1}
+  doc = json.loads((docs / "synthetic.json").read_text())
+  tuning = {r["name"]: r for r in doc["tables"]["t"]["rows"]}["inforeg tuned"]["tuning"]
+  assert [tuning[f]["tuned_on"] for f in ("fold0", "fold1", "fold2")] == ["fold0", "fold1",
+                                                                          "fold0"]
+  # and with only fold 2 asked for, fold 0's search runs (fold 0's rows do not)
+  calls.clear()
+  import shutil
+  shutil.rmtree(docs)
+  results.main(argv + ["--folds=2"])
+  trained = [u for c in calls for u in c]
+  assert {fold_of(u) for u in trained if u.seed >= 100} == {0}
+  assert {fold_of(u) for u in trained if u.seed < 100} == {2}

@@ -25,6 +25,8 @@ class StudyData:
   folder: str | None  # under --data_root; None: built in, nothing to prepare
   prep: str | None = None  # the preparation, with DIR (its folder), FSDD, MNIST, FOLD
   folds: int = 1  # held-out folds, each its own prepared folder (<folder>_fold<k>)
+  tuned_on: tuple[int, ...] | None = None  # per fold, the fold whose validation split tunes
+  # it (None: each fold its own)
 
 
 @dataclasses.dataclass(frozen=True)

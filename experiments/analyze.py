@@ -290,7 +290,8 @@ def tsne(run: str, modality: str, limit: int, out: str) -> dict:
 
 def curve(results_json: str, table: str, out: str) -> dict:
   """Figs. 7/8: fused and per-modality final accuracy against the swept value of a table of
-  ``experiments.results`` (rows named ``... name=value``), joint training's as reference."""
+  ``experiments.results`` (rows named ``... name=value``; mean and std over its folds and
+  seeds), joint training at its defaults as the reference when the file has it."""
   try:
     with open(results_json) as f:
       doc = json.load(f)
@@ -298,16 +299,18 @@ def curve(results_json: str, table: str, out: str) -> dict:
     raise SystemExit(f"error: cannot read {results_json}: {e.strerror}") from None
   except ValueError as e:
     raise SystemExit(f"error: {results_json} is not valid JSON ({e})") from None
-  if not isinstance(doc, dict) or table not in doc.get("tables", {}) or not doc["tables"][table]:
+  tables = doc.get("tables", {}) if isinstance(doc, dict) else {}
+  if not isinstance(tables.get(table), dict) or not tables[table].get("rows"):
     raise SystemExit(f"error: {results_json} has no finished {table!r} table: run "
                      f"python -m experiments.results --tables={table} first")
-  rows = doc["tables"][table]
+  rows = tables[table]["rows"]
   name = rows[0]["name"].rsplit(" ", 1)[1].split("=")[0]
   x = [float(r["name"].rsplit("=", 1)[1]) for r in rows]
   keys = ["acc"] + sorted(k for k in rows[0] if k.startswith("acc_"))
-  joint = next((r for r in doc["tables"].get("methods", []) if r["name"] == "joint"), None)
+  joint = next((r for t in tables.values() if isinstance(t, dict)
+                for r in t.get("rows", []) if r["name"] == "joint default"), None)
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  numbers = {"table": table, "x_name": name, "x": x, "seeds": rows[0]["seeds"]}
+  numbers = {"table": table, "x_name": name, "x": x, "runs": len(rows[0]["runs"])}
   for i, k in enumerate(keys):
     mean = np.array([r[k]["mean"] for r in rows])
     std = np.array([r[k]["std"] for r in rows])
@@ -319,7 +322,7 @@ def curve(results_json: str, table: str, out: str) -> dict:
     numbers[k] = {"mean": mean.tolist(), "std": std.tolist(),
                   "joint": joint[k]["mean"] if joint is not None and k in joint else None}
   ax.set(xlabel=name, ylabel="final test accuracy",
-         title=f"{doc.get('dataset', '')}: InfoReg's {name} ({len(rows[0]['seeds'])} seeds)")
+         title=f"{doc.get('dataset', '')}: InfoReg's {name} ({len(rows[0]['runs'])} runs a point)")
   ax.legend(fontsize=7)
   save(out, fig, numbers)
   return numbers

@@ -342,10 +342,13 @@ def bench_input(args) -> list[dict]:
   if args.data_dir:
     arrays = records.load_prepared(args.dataset, args.data_dir).train
   else:
-    tmp = tempfile.mkdtemp()
-    n = 256 if args.tiny else 2048
-    arrays = records.write_fake_records(tmp, fake_dataset(args.dataset, n, args.tiny,
-                                                          np.random.default_rng(0)).train)
+    n = 256 if args.tiny else 2048  # records of the real shapes, memory-mapped as prepared ones
+    folder = os.path.join(tempfile.mkdtemp(), "train")
+    os.makedirs(folder)
+    for key, value in fake_dataset(args.dataset, n, args.tiny,
+                                   np.random.default_rng(0)).train.items():
+      np.save(os.path.join(folder, f"{key}.npy"), value)
+    arrays = records.read_split(folder)
   rows = []
   for name, it in (("batch_gather", pipeline.train_batches(arrays, batch_size, seed=0, epoch=0,
                                                           prefetch_threads=args.threads)),

@@ -93,8 +93,9 @@ def inforeg_transform(
     window: ``"prime"`` regulates inside the prime learning window (InfoReg); ``"whole"``
       ignores the window, ``"other"`` regulates only outside it (paper Table 4).
     criterion: the window's rule for the ``paper`` variant: ``"eq11"`` (the paper's),
-      ``"bounded"`` (Eq. 11, closed after ``max_window_epochs`` consecutive open epochs) or
-      ``"trend"`` (3-epoch means); see `window.flags`.
+      ``"bounded"`` (Eq. 11, closed after ``max_window_epochs`` consecutive open epochs),
+      ``"trend"`` (3-epoch means) or ``"noise_aware"`` (Eq. 11's rise must clear K by 2
+      standard errors of the traces' epoch estimates); see `window.flags`.
     max_window_epochs: the bound of ``criterion="bounded"``.
 
   ``update(grads, state, params, *, unimodal_losses=..., unimodal_scores=..., grad_sq=...)``:

@@ -168,11 +168,13 @@ def test_analyze_cli_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_curve_plots_a_swept_table_against_joint_training(tmp_path):
-  row = lambda name, acc: {"name": name, "seeds": [0, 1], "acc": {"mean": acc, "std": 0.01},
+  row = lambda name, acc: {"name": name, "runs": [{"seed": 0}, {"seed": 1}],
+                           "acc": {"mean": acc, "std": 0.01},
                            "acc_audio": {"mean": acc - 0.2, "std": 0.02}}
-  doc = {"dataset": "synthetic",
-         "tables": {"methods": [row("joint", 0.8)],
-                    "beta": [row("inforeg beta=0.1", 0.7), row("inforeg beta=0.9", 0.9)]}}
+  doc = {"dataset": "synthetic",  # experiments.results' format
+         "tables": {"tuned": {"rows": [row("joint default", 0.8)], "descriptive": []},
+                    "beta": {"rows": [row("inforeg beta=0.1", 0.7), row("inforeg beta=0.9", 0.9)],
+                             "descriptive": []}}}
   path = tmp_path / "r.json"
   path.write_text(json.dumps(doc))
   numbers = analyze.curve(str(path), "beta", str(tmp_path / "fig7"))

@@ -44,6 +44,7 @@ CASES = {  # method: (its options, the member-wise values of the two members, ex
             ("coef_audio", "coef_visual")),
     "gblending": ({"gblending.super_epoch": 2}, [{}, {"learning_rate": 0.05}],
                   ("weight_fused", "weight_audio", "weight_visual")),
+    "agm": ({}, [{"agm.alpha": 1.0}, {"agm.alpha": 2.5}], ("coef_audio", "coef_visual")),
 }
 
 

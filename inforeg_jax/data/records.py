@@ -271,15 +271,6 @@ def read_split(folder: str) -> dict[str, np.ndarray]:
           for name in sorted(os.listdir(folder)) if name.endswith(".npy")}
 
 
-def write_fake_records(out_dir: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Writes ``arrays`` as one plain split folder and returns it memory-mapped (benchmarks)."""
-  folder = os.path.join(out_dir, "train")
-  os.makedirs(folder, exist_ok=True)
-  for key, value in arrays.items():
-    np.save(os.path.join(folder, f"{key}.npy"), value)
-  return read_split(folder)
-
-
 def intact(out_dir: str, manifest: Mapping) -> bool:
   """Whether every file the manifest lists is there with its recorded size (cheap)."""
   if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):

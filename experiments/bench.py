@@ -93,7 +93,8 @@ def bench_dataset(args, examples: int):
 
 def member_configs(args, method: str, members: int, **overrides):
   """``members`` configs of ``method`` that differ in their seed (the bench's population)."""
-  encoder = {k: v for k, v in (("width", args.width), ("stem_stride", args.stem_stride)) if v}
+  encoder = {k: v for k, v in (("width", args.width), ("stem_stride", args.stem_stride),
+                               ("steps_per_call", getattr(args, "steps_per_call", 0))) if v}
   own = {"inforeg.warmup_epochs": 0} if method.startswith("inforeg") else {}
   return [make_config(args.dataset, tiny=args.tiny, method=method, window="whole", seed=s,
                       **encoder, **own, **overrides) for s in range(members)]
@@ -396,6 +397,8 @@ def main(argv=None) -> int:
                  help="wall mode: the runs' --checkpoint_every")
   p.add_argument("--plots", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                  help="wall mode: the runs' --plots (true/false)")
+  p.add_argument("--steps_per_call", type=int, default=0,
+                 help="wall mode: the runs' --steps_per_call (0: the default)")
   p.add_argument("--torch_peer", action="store_true",
                  help="population mode: also time the same model as a PyTorch eager loop")
   p.add_argument("--dataset", choices=dataset_names(), default="cremad")
@@ -413,7 +416,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
   for flag, least in (("steps", 1), ("warmup", 0), ("batch_size", 0), ("threads", 1),
-                      ("width", 0), ("stem_stride", 0)):
+                      ("width", 0), ("stem_stride", 0), ("steps_per_call", 0)):
     if getattr(args, flag) < least:
       p.error(f"--{flag}={getattr(args, flag)} must be >= {least}")
   for flag, known in (("methods", method_names()), ("dtypes", DTYPES)):

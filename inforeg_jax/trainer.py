@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 from typing import Sequence
@@ -120,7 +121,7 @@ def _train(members: list[Member], dataset, progress, files, writer,
           with open(os.path.join(m.workdir, name), "w") as f:
             f.write(text)
     log.open()
-    return _run(members, loop, state, steps, log, progress, writer, started)
+    summaries = _run(members, loop, state, steps, log, progress, writer, started)
   finally:
     stop.restore()
     for m in members:
@@ -129,6 +130,9 @@ def _train(members: list[Member], dataset, progress, files, writer,
       if m.set_aside and writer:
         (workdir_lib.drop_aside if m.saved else workdir_lib.restore_aside)(m.workdir)
     log.close()
+  if stop.requested:  # came after the last step (the run finished, its files written): passed
+    signal.raise_signal(getattr(signal, stop.requested))  # on to whoever handled it before
+  return summaries
 
 
 def _run(members: list[Member], loop, state, steps, log, progress, writer,

@@ -137,3 +137,27 @@ def test_a_signal_stops_a_methods_own_passes_at_the_next_call(tmp_path, monkeypa
   finally:
     signal.signal(signal.SIGTERM, previous)
   assert len(calls) == 1  # the first trial epoch's first call, of 3 heads x 3 epochs
+
+
+def test_a_signal_after_the_last_step_is_passed_on(tmp_path, monkeypatch):
+  """SIGTERM while a finished run writes its summaries: the run completes (its files whole),
+  and the signal then reaches whoever handled it before (a results worker stops taking runs;
+  it was swallowed)."""
+  import signal
+
+  from inforeg_jax.members import Member
+  write = Member.write_summary
+
+  def signalled(self, *a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return write(self, *a, **k)
+
+  monkeypatch.setattr(Member, "write_summary", signalled)
+  got = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: got.append("SIGTERM"))
+  try:
+    summary = trainer.train(tiny(tmp_path / "r", epochs=1), tiny_dataset(), progress=False)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert "final" in summary and os.path.exists(tmp_path / "r" / "summary.json")
+  assert got == ["SIGTERM"]

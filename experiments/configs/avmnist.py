@@ -1,18 +1,8 @@
-"""The AV-MNIST preset as an ml_collections config (the Flax examples' habit)::
+"""The preset of AV-MNIST (``--dataset=avmnist``) as an ml_collections config
+(`experiments.configs`)."""
 
-  python -m experiments.run --config=experiments/configs/avmnist.py
-      [--config.<name>=value ...]
-
-is ``--dataset=avmnist``: the numbers are its `inforeg_jax.datasets` entry's (kept in one place),
-and the methods' own defaults on this dataset follow from ``dataset`` as from the flag. Its
-values, like flags, override ``--tiny``: a smoke run is ``--dataset=avmnist --tiny``.
-"""
-
-import ml_collections
-
-from inforeg_jax import datasets
+from experiments.configs import preset_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The hyperparameters of a run on the AV-MNIST preset."""
-  return ml_collections.ConfigDict({"dataset": "avmnist", **datasets.get("avmnist").preset})
+def get_config():
+  return preset_config("avmnist")

@@ -73,20 +73,31 @@ def run_label(run: runs.Run) -> str:
           f" seed {run.seed}")
 
 
+def run_labels(found: list[runs.Run]) -> list[str]:
+  """Each run's `run_label`, followed by its folder where two runs would read the same: a
+  legend or a JSON key never merges two runs."""
+  labels = [run_label(r) for r in found]
+  return [f"{lab} ({r.path})" if labels.count(lab) > 1 else lab for lab, r in zip(labels, found)]
+
+
+def modalities(rows: list[dict]) -> list[str]:
+  """The modalities a run's metrics.jsonl reports (its ``acc_<m>`` columns)."""
+  return [k[4:] for k in rows[0] if k.startswith("acc_")]
+
+
 def traces(paths: list[str], out: str) -> dict:
   """Fig. 1/5: Tr(F_m) per epoch of each run and modality; the epochs a modality was in its
   prime learning window (InfoReg's window_<m>, else the run's window flag) drawn filled."""
   numbers = {}
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for k, path in enumerate(paths):
-    run = runs.read(path)
+  found = [runs.read(path) for path in paths]
+  for k, (run, label) in enumerate(zip(found, run_labels(found))):
     rows = runs.rows(run)
-    label = run_label(run)
     epochs = [r["epoch"] for r in rows]
-    for key in rows[0]:
-      if not key.startswith("trace_"):
+    for m in modalities(rows):
+      key = f"trace_{m}"
+      if key not in rows[0]:
         continue
-      m = key[6:]
       values = [r[key] for r in rows]
       flags = [r.get(f"window_{m}", r.get("window", 0.0)) > 0.5 for r in rows]
       numbers[f"{label}/{m}"] = {"trace": values, "window": flags}
@@ -135,19 +146,21 @@ def windows(paths: list[str], out: str) -> dict:
   Eq. 11 decision stood above the trace's estimation noise (`eq11_noise`). Writes JSON
   only."""
   per_run = {}
-  for path in paths:
-    run = runs.read(path)
+  found = [runs.read(path) for path in paths]
+  for run, label in zip(found, run_labels(found)):
     rows = runs.rows(run)
+    windowed = [m for m in modalities(rows) if f"window_{m}" in rows[0]]
+    if not windowed:
+      method = (run.summary or {}).get("method", "another method")
+      raise SystemExit(f"error: {run.path}: its metrics.jsonl has no InfoReg window "
+                       f"(window_<modality>; a run of {method}): windows reads InfoReg runs")
     try:  # the run's K, resolved as the run resolved it
-      threshold = from_dict(run.config).resolved_threshold
+      threshold = from_dict(run_config(run)).resolved_threshold
     except (ValueError, TypeError) as e:
-      raise SystemExit(f"error: {run.path}/summary.json: its config is not this version's ({e})"
-                       ) from None
+      raise SystemExit(f"error: {run.path}: its config is not this version's ({e})") from None
     stats = {}
-    for key in rows[0]:
-      if not key.startswith("window_"):
-        continue
-      m = key[7:]
+    for m in windowed:
+      key = f"window_{m}"
       opened = [r["epoch"] for r in rows if r[key] > 0.5]
       regulated = [r for r in rows if r.get(f"alpha_{m}", 0) > 0]
       longest = run_ = 0
@@ -161,13 +174,31 @@ def windows(paths: list[str], out: str) -> dict:
                                                 if regulated else 0.0),
                   "trace_first_last": [rows[0][f"trace_{m}"], rows[-1][f"trace_{m}"]],
                   "eq11_noise": eq11_noise(rows, m, threshold)}
-    per_run[run_label(run)] = stats
+    per_run[label] = stats
   numbers = {"runs": per_run, "epochs": len(runs.rows(paths[0]))}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out + ".json", "w") as f:
     json.dump(numbers, f, indent=2)
   print(json.dumps(numbers, indent=1))
   return numbers
+
+
+def run_config(run: runs.Run) -> dict:
+  """The run's config: its summary's, else (a run still training) its latest checkpoint's;
+  one line when it has neither."""
+  if run.summary is not None:
+    return run.config
+  loop = None
+  if os.path.isdir(os.path.join(run.path, "checkpoints")):
+    mngr = checkpoint.manager(run.path)
+    try:
+      loop = checkpoint.latest_loop(mngr)
+    finally:
+      mngr.close()
+  if loop is None:
+    raise SystemExit(f"error: {run.path} has no summary.json and no readable checkpoint: its "
+                     "config is unknown (let it save an epoch, or give a finished run)")
+  return loop["config"]
 
 
 def load_run(run: str, modality: str):
@@ -304,9 +335,17 @@ def curve(results_json: str, table: str, out: str) -> dict:
     raise SystemExit(f"error: {results_json} has no finished {table!r} table: run "
                      f"python -m experiments.results --tables={table} first")
   rows = tables[table]["rows"]
-  name = rows[0]["name"].rsplit(" ", 1)[1].split("=")[0]
-  x = [float(r["name"].rsplit("=", 1)[1]) for r in rows]
-  keys = ["acc"] + sorted(k for k in rows[0] if k.startswith("acc_"))
+  try:  # rows named "<row> name=value", each with its accuracies' mean and std
+    keys = ["acc"] + sorted(k for k in rows[0] if k.startswith("acc_"))
+    name = rows[0]["name"].rsplit(" ", 1)[1].split("=")[0]
+    x = [float(r["name"].rsplit("=", 1)[1]) for r in rows]
+    for r in rows:
+      for k in keys:
+        float(r[k]["mean"]), float(r[k]["std"])
+  except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+    raise SystemExit(f"error: {results_json}: its {table!r} table is not as experiments.results "
+                     "writes it (rows named '<row> name=value', with acc's mean and std): "
+                     "damaged? Rerun python -m experiments.results --report-only") from None
   joint = next((r for t in tables.values() if isinstance(t, dict)
                 for r in t.get("rows", []) if r["name"] == "joint default"), None)
   fig, ax = plt.subplots(figsize=(6.4, 4.2))

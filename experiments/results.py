@@ -43,8 +43,12 @@ import numpy as np
 
 from experiments import claims, cli, populations, runs, study
 from experiments.populations import SINGLE_THREAD, Unit
+from inforeg_jax.workdir import Lock, RunError, check_writable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the study sets itself, per dataset, fold, seed and run (--run_flags may not).
+ENGINE_FLAGS = ("dataset", "data_dir", "seed", "seeds", "workdir", "resume", "overwrite",
+                "config", "flagfile")
 WEIGHTS = {"gblending": 4.0}  # a run's cost in runs (its trials: ~3 runs' worth of epochs)
 
 
@@ -77,6 +81,8 @@ class Fold:
 def folds_of(name: str, data_root: str, only: list[int] | None) -> list[Fold]:
   from inforeg_jax import datasets
   dataset, entry = datasets.study()[name]
+  if only is not None and (entry.folder is None or entry.folds == 1):
+    raise SystemExit(f"error: --folds: {name} has no folds (leave --folds out for it)")
   if entry.folder is None:
     return [Fold(name, dataset, None, None, None)]
   if entry.folds == 1:
@@ -159,26 +165,31 @@ class Records:
 
   def __init__(self, folder: str):
     self.folder, self.by_key = folder, {}
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise SystemExit(f"error: {folder} is not a folder (the study's records go there): move "
+                       "it aside, or give another --docs")
     if not os.path.isdir(folder):
       return
     for name in sorted(os.listdir(folder)):
       if not name.endswith(".jsonl"):
         continue
       path = os.path.join(folder, name)
-      with open(path) as f:
-        for i, line in enumerate(f, 1):
-          try:
-            r = json.loads(line)
-            key = (r["fold"], r["key"], r["seed"])
-          except (ValueError, KeyError, TypeError):
-            raise SystemExit(f"error: {path}: line {i} is not a run's record (damaged or "
-                             "truncated): remove that line and run the command again to rerun "
-                             "its run") from None
-          old = self.by_key.get(key)
-          if old is not None and old.get("final") != r.get("final"):
-            raise SystemExit(f"error: {path}: two records of one run (fold {r['fold']}, seed "
-                             f"{r['seed']}, {r['flags']}) with other numbers: keep one")
-          self.by_key[key] = r
+      with open(path, "rb") as f:
+        lines = f.read().splitlines()
+      for i, line in enumerate(lines, 1):
+        try:
+          r = json.loads(line)  # bytes: not UTF-8 is a ValueError too
+          key = (r["fold"], r["key"], r["seed"])
+          check_record(r)
+        except (ValueError, KeyError, TypeError):
+          raise SystemExit(f"error: {path}: line {i} is not a run's record (damaged or "
+                           "truncated): remove that line and run the command again to rerun "
+                           "its run") from None
+        old = self.by_key.get(key)
+        if old is not None and old.get("final") != r.get("final"):
+          raise SystemExit(f"error: {path}: two records of one run (fold {r['fold']}, seed "
+                           f"{r['seed']}, {r['flags']}) with other numbers: keep one")
+        self.by_key[key] = r
 
   def get(self, fold: Fold, key: str, seed: int) -> dict | None:
     return self.by_key.get((fold.fold, key, seed))
@@ -190,6 +201,18 @@ class Records:
       f.flush()
       os.fsync(f.fileno())
     self.by_key[(fold.fold, record["key"], record["seed"])] = record
+
+
+def check_record(r) -> None:
+  """A record's fields as `record_of` writes them (TypeError when one is missing or of
+  another type): what the plan and the report read."""
+  real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  if not (isinstance(r, dict) and isinstance(r.get("fold"), (int, type(None)))
+          and isinstance(r.get("key"), str) and isinstance(r.get("seed"), int)
+          and r.get("status") in ("finished", "stopped") and isinstance(r.get("flags"), list)
+          and isinstance(r.get("final"), dict) and isinstance(r.get("session"), dict)
+          and (r["status"] != "finished" or real(r["final"].get("acc")))):
+    raise TypeError("not a record")
 
 
 def record_of(run: runs.Run, fold: Fold, flags: list[str], key: str, seed: int,
@@ -307,6 +330,9 @@ def checked(record: dict, fold: Fold, labels: dict) -> dict:
   """A reported record, cross-checked: its predictions against their checksum and (when the
   fold's data is here) its accuracy against them; its data against the fold's."""
   where = f"{fold.study} {fold.label} seed {record['seed']} ({' '.join(record['flags'])})"
+  if not isinstance(record.get("predictions"), str):
+    raise SystemExit(f"error: the record of {where} has no test predictions (damaged): remove "
+                     "its line from the records and run the command again")
   values = np.frombuffer(base64.b64decode(record["predictions"]), np.uint8).astype(np.int16)
   if hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != record.get(
       "predictions_sha256"):
@@ -345,10 +371,10 @@ def row_report(table, row, folds, records, labels, seeds) -> dict | None:
       out[f"acc_{m}"], out[f"_acc_{m}"] = stats(values), values
   out["runs"] = [{"fold": fold.fold, "seed": r["seed"], "acc": r["final"]["acc"],
                   **{k: v for k, v in r["final"].items() if k.startswith("acc_")},
-                  "command": r["command"], "population": r["session"].get("population"),
+                  "command": r.get("command"), "population": r["session"].get("population"),
                   "threads": r["session"].get("xla_flags"), "commit": r["session"].get("commit"),
-                  "dirty": r["session"].get("dirty"), "resumes": r["resumes"],
-                  "train_seconds": r["train_seconds"]}
+                  "dirty": r["session"].get("dirty"), "resumes": r.get("resumes"),
+                  "train_seconds": r.get("train_seconds")}
                  for fold, rs in zip(folds, got) for r in rs]
   if row.tuned:
     out["tuning"] = {fold.label or "all": tuning_report(study.SEARCHES[row.tuned], fold.tuning,
@@ -364,6 +390,25 @@ def tuning_report(search: study.Search, fold: Fold, records: Records) -> dict:
   return {"tuned_on": fold.label or "all", "seeds": list(study.TUNING_SEEDS), "tried": tried,
           "chosen": " ".join(search.flags_of(state.chosen)[len(search.flags):]),
           "interior": not ends, "at_ladder_end": ends}
+
+
+def read_report(path: str) -> dict:
+  """The report file as this command last wrote it ({} when there is none); one line when it
+  is damaged (it is remade from the records: moving it aside loses nothing)."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, "rb") as f:
+      doc = json.loads(f.read())
+  except OSError as e:
+    raise SystemExit(f"error: cannot read {path}: {e.strerror}") from None
+  except ValueError as e:
+    doc = e
+  if not isinstance(doc, dict) or not isinstance(doc.get("tables", {}), dict):
+    raise SystemExit(f"error: {path} is not a report of experiments.results (damaged or "
+                     "truncated): move it aside and run the command again; its tables are "
+                     "remade from the records")
+  return doc
 
 
 def interval(x) -> list[float]:
@@ -455,7 +500,6 @@ def main(argv=None) -> int:
                  "smoke test: its own records)")
   args = p.parse_args(argv)
   from inforeg_jax import datasets
-  from inforeg_jax.workdir import Lock, RunError
   unknown = [t for t in args.tables.split(",") if t not in study.TABLES]
   if unknown:
     raise SystemExit(f"error: --tables: unknown {unknown}; choose from "
@@ -473,8 +517,14 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: --folds={args.folds!r} is not a list of integers") from None
   tables = [study.TABLES[t] for t in args.tables.split(",")]
   extra = args.run_flags.split()
-  os.makedirs(args.out, exist_ok=True)
-  try:
+  for flag in extra:
+    name = flag.lstrip("-").split("=")[0]
+    if name in ENGINE_FLAGS:
+      raise SystemExit(f"error: --run_flags: {flag}: the study sets --{name} itself (per "
+                       "dataset, fold, seed and run); --run_flags adds other run flags")
+  try:  # the folders this command writes, before anything runs
+    for flag, folder in (("--out", args.out), ("--docs", args.docs)):
+      check_writable(folder, flag)
     lock = Lock(args.out, "--out", "another experiments.results")
   except RunError as e:
     raise SystemExit(f"error: {e}") from None
@@ -496,6 +546,13 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
   docs = os.path.join(args.docs, name + ("_" + "_".join(f.lstrip("-").replace("=", "-")
                                                          for f in extra) if extra else ""))
   records = Records(os.path.join(docs, "records"))
+  path = docs + ".json"
+  doc = read_report(path)
+  if not args.report_only:
+    try:
+      check_writable(records.folder, "--docs")
+    except RunError as e:
+      raise SystemExit(f"error: {e}") from None
   # the records were made on this data (or none is here: report only)
   for fold in dict.fromkeys([g for f in folds for g in (f, f.tuning)]):
     here = data_identity(fold) if fold.data_dir and os.path.isdir(fold.data_dir) else None
@@ -542,9 +599,16 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
   if missing:
     raise SystemExit(f"error: {name}: runs are missing for {missing} (run without "
                      "--report-only to make them); nothing written")
+  every = [f.fold for f in folds]
+  for t, r in reports.items():
+    r["folds"] = every
+    old = doc.get("tables", {}).get(t)
+    before = old.get("folds", doc.get("folds")) if isinstance(old, dict) else None
+    if isinstance(before, list) and set(before) > set(every):
+      raise SystemExit(f"error: {path}: its {t!r} table is over folds {before}, this one only "
+                       f"{every}: nothing written (every run is recorded); leave --folds out for "
+                       "the report over every fold")
   from inforeg_jax import datasets
-  path = docs + ".json"
-  doc = json.load(open(path)) if os.path.exists(path) else {}
   doc.update({"dataset": name, "prep_command": datasets.study()[name][1].prep or "(built in)",
               "folds": [f.fold for f in folds], "seeds": list(study.SEEDS),
               "tuning_seeds": list(study.TUNING_SEEDS), "claim_rule": CLAIM_RULE,

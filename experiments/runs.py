@@ -33,6 +33,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from inforeg_jax.config import flatten
+from inforeg_jax.reporting import summary_digest
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -92,7 +93,8 @@ class Run:
 
   def setting(self) -> dict:
     """Everything that changes a number: the flat config (``agm.alpha`` for option groups)
-    less `NOT_TRAINED`, the resolved window, and the data's identity under ``data`` (None:
+    less `NOT_TRAINED`, the resolved window, the execution its sessions ran (``sequential``,
+    ``vectorised``, or both joined by ``+``), and the data's identity under ``data`` (None:
     the built-in data; `UNRECORDED`: a summary from before it was recorded)."""
     s = self.summary or {}
     flat = {k: v for k, v in flatten(self.config).items() if k not in NOT_TRAINED}
@@ -102,6 +104,10 @@ class Run:
     for k, default in OLDER_DEFAULTS.items():
       if flat.get(k) in (None, ""):
         flat[k] = default
+    ran = sorted({x["execution"] for x in self.sessions if isinstance(x, dict)
+                  and x.get("execution")})
+    if ran:  # execution resolved: auto is sequential on a CPU, vectorised elsewhere
+      flat["execution"] = "+".join(ran)
     flat["data"] = s["data"] if "data" in s else UNRECORDED
     return flat
 
@@ -158,6 +164,9 @@ def _read_summary(path: str) -> dict | None:
       and isinstance(s.get("seed", s["config"].get("seed")), int))):
     raise SystemExit(f"error: {path} is not a run's summary (config, seed, final or best "
                      f"missing or malformed); {FIX}")
+  if s.get("summary_sha256", summary_digest(s)) != summary_digest(s):  # (older: none)
+    raise SystemExit(f"error: {path} does not match its summary_sha256 (edited or damaged); "
+                     f"{FIX}")
   return s
 
 
@@ -225,16 +234,22 @@ def rows(run: Run | str) -> list[dict]:
 
 
 def find(paths: Iterable[str]) -> list[Run]:
-  """Every run under ``paths`` (folders searched recursively, or a run's summary.json or
-  metrics.jsonl), read, each once, sorted by folder; a run's own subfolders (checkpoints/,
+  """Every run under ``paths`` (folders searched recursively, symbolic links to folders
+  followed, or a run's summary.json or metrics.jsonl), read, each once (a run reached twice,
+  through a link, is one run), sorted by folder; a run's own subfolders (checkpoints/,
   .replaced/, ...) are not searched."""
-  folders = {}
+  folders, searched = {}, set()
   for top in paths:
     if os.path.isfile(top) and os.path.basename(top) in (SUMMARY, METRICS):
       found = [os.path.dirname(top) or "."]
     elif os.path.isdir(top):
       found = []
-      for folder, subfolders, _ in os.walk(top):
+      for folder, subfolders, _ in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in searched:  # reached again through a link (a loop, or a second path)
+          subfolders[:] = []
+          continue
+        searched.add(real)
         subfolders.sort()
         if is_run(folder):
           found.append(folder)

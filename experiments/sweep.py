@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 
 from experiments import cli, runs, table
@@ -34,7 +35,7 @@ except ModuleNotFoundError as e:  # the core install: no orbax, grain, tqdm, ...
                    "pip install -e '.[train]'") from None
 
 # Flags the sweep sets itself, per run.
-OWN_FLAGS = ("seed", "workdir", "resume", "overwrite")
+OWN_FLAGS = ("seed", "seeds", "workdir", "resume", "overwrite")
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -118,8 +119,13 @@ def main(argv=None) -> int:
       raise SystemExit(f"error: {flag}: the sweep sets --seed, --workdir, --resume and "
                        "--overwrite itself (use --seeds and --out)")
   names = [n for n, _ in grid]
+  for flag in run_flags:
+    if flag.lstrip("-").split("=")[0] in [n.lstrip("-") for n in names]:
+      raise SystemExit(f"error: {flag} and --grid={flag.lstrip('-').split('=')[0]}=... both "
+                       "set it: give one")
 
   plan = []  # (setting, seed, workdir, cfg, what to do), every one checked before any trains
+  runs_of = {}  # a run's config (less its workdir): the plan's folder for it
   for values in itertools.product(*[v for _, v in grid]) if grid else [()]:
     setting = "_".join(f"{n}={v}" for n, v in zip(names, values)) or "default"
     for seed in seeds:
@@ -127,6 +133,11 @@ def main(argv=None) -> int:
       flags = run_flags + [f"--{n}={v}" for n, v in zip(names, values)] + [
           f"--seed={seed}", f"--workdir={workdir}"]
       cfg, _ = parse_flags(flags)
+      same = json.dumps({**cfg.to_dict(), "workdir": ""}, sort_keys=True, default=str)
+      if same in runs_of:
+        raise SystemExit(f"error: --grid: {runs_of[same]} and {workdir} would be one run (the "
+                         "same config): give each value once")
+      runs_of[same] = workdir
       plan.append((setting, seed, workdir, cfg, check_existing(workdir, cfg)))
 
   for setting, seed, _, cfg, todo in plan:

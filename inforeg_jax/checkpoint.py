@@ -12,9 +12,16 @@ without complaint), is skipped for the one before it, and the caller is told.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import sys
+import tempfile
+import time
+import warnings
 from typing import Callable
 
 import jax
@@ -52,13 +59,67 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state, loop: dict, best_epoch:
   deletes every checkpoint but the last ``keep_last`` and ``best_epoch``'s."""
   loop = {**loop, "state_sha256": digest(state)}
   loop["loop_sha256"] = loop_digest(loop)
-  mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           loop=ocp.args.JsonSave(loop)), force=True)
-  mngr.wait_until_finished()
+  try:
+    with _thread_errors_held():
+      mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               loop=ocp.args.JsonSave(loop)), force=True)
+      mngr.wait_until_finished()
+  except Exception as e:  # a full disk, a read-only folder: an OSError naming the folder
+    error = os_error(e, str(mngr.directory))
+    if error is None:
+      raise
+    # the failed save's other writes, abandoned: asyncio would say so at exit
+    logging.getLogger("asyncio").addFilter(_unretrieved_os_error)
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    raise error from None
   steps = sorted(mngr.all_steps())
   for step in steps[:-(keep_last or KEEP_LAST)]:
     if step != best_epoch:
       mngr.delete(step)
+
+
+def os_error(e: Exception, where: str) -> OSError | None:
+  """The OS error behind an orbax/tensorstore failure (they raise ValueError with
+  ``[os_error_code='28']``, or an OSError without a path), naming ``where``; None when it
+  is not one."""
+  if isinstance(e, OSError):
+    return OSError(e.errno, e.strerror or str(e), e.filename or where)
+  code = re.search(r"os_error_code='?(\d+)", str(e))
+  return OSError(int(code.group(1)), os.strerror(int(code.group(1))), where) if code else None
+
+
+def _unretrieved_os_error(record: logging.LogRecord) -> bool:
+  """False for asyncio's "exception was never retrieved" of an OS error: the futures of a
+  failed save's other writes, collected later, whose error the saver has told."""
+  error = record.exc_info[1] if record.exc_info else None
+  return not (record.getMessage().split("\n")[0].endswith("exception was never retrieved")
+              and isinstance(error, Exception) and os_error(error, "") is not None)
+
+
+@contextlib.contextmanager
+def _thread_errors_held():
+  """What orbax's and tensorstore's threads write to stderr while a save runs (an exception
+  logged with its traceback through absl before it reaches the saver; tensorstore's callbacks
+  into an event loop orbax closed on the first failure): held, dropped when the save fails
+  (the caller says why in one line), written out after it when it succeeds."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    if failed:  # the writes still under way when the first one failed end (and print) here
+      time.sleep(0.2)
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    if not failed:
+      held.seek(0)
+      os.write(2, held.read())
+    held.close()
 
 
 def loop_digest(loop: dict) -> str:

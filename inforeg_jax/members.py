@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from inforeg_jax import checkpoint, workdir as workdir_lib
 from inforeg_jax.config import Config, config_differences, from_dict, member_fields
 from inforeg_jax.program import Program, stack
-from inforeg_jax.reporting import Reporter, json_safe
+from inforeg_jax.reporting import Reporter, json_safe, with_digest
 from inforeg_jax.workdir import RunError
 
 
@@ -207,7 +207,8 @@ class Member:  # pragma: no mutate
   def write_summary(self, members: int, writer: bool, data: dict | None = None) -> dict:
     """The member's summary (a member stopped in its first epoch: why, where its results
     would be), written to summary.json: with the data it trained on (``data``: the
-    dataset's identity), its sessions and the checksum of its test predictions' values."""
+    dataset's identity), its sessions, the checksum of its test predictions' values and its
+    own (`reporting.with_digest`)."""
     if not self.history:
       summary = {"workdir": self.workdir, "stopped": self.stopped, "config": self.cfg.to_dict()}
       write = writer and self.stopped
@@ -218,9 +219,10 @@ class Member:  # pragma: no mutate
                      predictions_sha256=self.predictions_sha256 or predictions_digest(
                          os.path.join(self.workdir, "test_predictions.npy")))
       write = writer
+    summary = with_digest(summary)
     if write:
       with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-        json.dump(json_safe(summary), f, indent=2)
+        json.dump(summary, f, indent=2)
     return summary
 
 

@@ -14,6 +14,7 @@ terminal and to ``<workdir>/log.txt`` (absl's line format, through the standard 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -45,6 +46,21 @@ def json_safe(value):
   return value
 
 
+def summary_digest(summary: dict) -> str:
+  """sha256 of a summary's JSON (all but ``summary_sha256``, keys sorted)."""
+  fields = {k: v for k, v in summary.items() if k != "summary_sha256"}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def with_digest(summary: dict) -> dict:
+  """``summary`` as its JSON reads back (non-finite numbers null) with ``summary_sha256``:
+  the numbers a table reports from a run are its summary's, so an edit or damage is found
+  (`experiments.runs`), as the checkpoints' and the predictions' checksums find theirs."""
+  plain = json.loads(json.dumps(json_safe(summary)))
+  plain["summary_sha256"] = summary_digest(plain)
+  return plain
+
+
 class _NoWriter:
   """Stands in for TensorBoard when tensorboardX is not installed (e.g. a bare GPU image)."""
 
@@ -61,6 +77,26 @@ def _summary_writer(logdir: str):
     print("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX)")
     return _NoWriter()
   return SummaryWriter(logdir)
+
+
+def close_events(tb) -> None:
+  """Closes a TensorBoard writer. One that cannot flush (a full disk) is closed all the same,
+  its thread stopped, before the error goes on: tensorboardX would otherwise try again at
+  exit, and its thread and its exit hook would each print a traceback."""
+  try:
+    tb.close()
+  except OSError:
+    for writer in (getattr(tb, "all_writers", None) or {}).values():
+      events = getattr(writer, "event_writer", None)
+      if events is None or getattr(events, "_closed", True):
+        continue
+      events._closed = True  # its exit hook's close does nothing now
+      for stop in (lambda: events._worker.stop(), lambda: events._ev_writer.close()):
+        try:
+          stop()
+        except (OSError, AttributeError):
+          pass
+    raise
 
 
 class Reporter:
@@ -168,16 +204,20 @@ class Reporter:
     re-report of a finished run adds none)."""
     if not self.write:
       return
-    if history and self.plots:
-      self.plot(history, series)
-    if history and self.hparams and trained:
-      last = history[-1]
-      self.tb.add_hparams(self.hparams, {f"hparam/{k}": last[k] for k in
-                                         ("acc", "val_acc", *(f"acc_{m}" for m in self.modalities))
-                                         if isinstance(last.get(k), (int, float))},
-                          name=".")
-    self.log.close()
-    self.tb.close()
+    try:
+      if history and self.plots:
+        self.plot(history, series)
+      if history and self.hparams and trained:
+        last = history[-1]
+        self.tb.add_hparams(self.hparams, {
+            f"hparam/{k}": last[k] for k in ("acc", "val_acc",
+                                             *(f"acc_{m}" for m in self.modalities))
+            if isinstance(last.get(k), (int, float))}, name=".")
+    finally:  # the files closed even when a plot could not be written (a full disk)
+      try:
+        self.log.close()
+      finally:
+        close_events(self.tb)
 
 
 class RunLog:

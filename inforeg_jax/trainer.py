@@ -202,11 +202,21 @@ def _run(members: list[Member], loop, state, steps, log, progress, writer,
   finally:
     bar.close()
     closing = time.perf_counter()
+    unclosed = []
+    # A session that ends in an error or a signal adds no TensorBoard hparams session (the
+    # one that finishes the run does); every member's files are closed, even when one cannot
+    # be (a full disk).
+    ended = sys.exc_info()[0] is None
     for m in members:
-      m.reporter.close(m.history, m.series, trained=first_epoch < cfg.epochs)
+      try:
+        m.reporter.close(m.history, m.series, trained=ended and first_epoch < cfg.epochs)
+      except OSError as e:
+        unclosed.append(e)
     wall["write"] += time.perf_counter() - closing
     for k in wall:
       wall[k] = round(wall[k], 3)
+    if unclosed and ended:  # (else the error under way is the one told)
+      raise unclosed[0]
 
   summaries = [m.write_summary(n, writer, loop.dataset.identity) for m in members]
   stopped = [m for m in members if m.stopped]

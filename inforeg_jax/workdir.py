@@ -46,7 +46,9 @@ def foreign(workdir: str) -> list[str]:
   return sorted(n for n in names if n not in RUN_FILES and not n.startswith(".write-test-"))
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(workdir: str, flag: str = "--workdir") -> None:
+  """``workdir`` made if missing and written to (RunError naming ``flag`` when it cannot be:
+  a file there, a read-only or full disk)."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write-test-{uuid.uuid4().hex}")
@@ -54,7 +56,8 @@ def check_writable(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise RunError(f"cannot write to --workdir={workdir}: {e.strerror}") from None
+    why = "it is a file, not a folder" if os.path.isfile(workdir) else e.strerror
+    raise RunError(f"cannot write to {flag}={workdir}: {why}") from None
 
 
 class Lock:

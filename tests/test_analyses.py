@@ -97,6 +97,16 @@ def test_sweep_refuses_a_bad_seed_list(tmp_path, seeds, says):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("flags,says", [
+    (["--grid=learning_rate=0.1,0.10"], "would be one run"),  # one value written twice
+    (["--grid=learning_rate=0.1", "--learning_rate=0.2"], "both set it: give one"),
+])
+def test_sweep_refuses_a_grid_that_names_one_run_twice(tmp_path, flags, says):
+  with pytest.raises(SystemExit, match=says):
+    sweep.main([f"--out={tmp_path}", *TINY, *flags])
+  assert not os.listdir(tmp_path)
+
+
 def test_sweep_without_the_data_is_one_line(tmp_path):
   with pytest.raises(SystemExit) as e:
     sweep.main([f"--out={tmp_path}", "--dataset=cremad", f"--data_dir={tmp_path}/nothing"])

@@ -314,3 +314,41 @@ def test_a_fold_tuned_on_another_folds_validation_split(fake, monkeypatch):
   trained = [u for c in calls for u in c]
   assert {fold_of(u) for u in trained if u.seed >= 100} == {0}
   assert {fold_of(u) for u in trained if u.seed < 100} == {2}
+
+
+def test_flags_the_engine_sets_are_refused_in_run_flags(fake):
+  calls, argv, _ = fake
+  for flag in ("--seed=3", "--data_dir=x", "--workdir=y", "--resume"):
+    with pytest.raises(SystemExit, match=f"the study sets {flag.split('=')[0]} itself"):
+      results.main(argv + [f"--run_flags={flag}"])
+  assert not calls
+
+
+def test_a_report_over_fewer_folds_never_replaces_one_over_more(fake):
+  calls, argv, docs = fake
+  results.main(argv)
+  before = (docs / "synthetic.json").read_text()
+  with pytest.raises(SystemExit, match=r"over folds \[0, 1, 2\], this one only \[0\]"):
+    results.main(argv + ["--folds=0"])
+  assert (docs / "synthetic.json").read_text() == before
+
+
+@pytest.mark.parametrize("damage", ["{\"tables\": [", "[1, 2]", "{\"tables\": 3}"])
+def test_a_damaged_report_is_one_line_and_remade_once_moved_aside(fake, damage):
+  calls, argv, docs = fake
+  results.main(argv)
+  good = (docs / "synthetic.json").read_text()
+  (docs / "synthetic.json").write_text(damage)
+  with pytest.raises(SystemExit, match="is not a report of experiments.results"):
+    results.main(argv + ["--report-only"])
+  (docs / "synthetic.json").rename(docs / "aside.json")
+  results.main(argv + ["--report-only"])
+  assert json.loads((docs / "synthetic.json").read_text())["tables"] == json.loads(good)["tables"]
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(fake, tmp_path):
+  calls, argv, _ = fake
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(SystemExit, match="cannot write to --docs=.*it is a file, not a folder"):
+    results.main(argv + [f"--docs={tmp_path}/file"])
+  assert not calls

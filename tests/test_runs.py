@@ -309,3 +309,16 @@ def test_runs_imports_no_jax():
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr
+
+
+def test_an_edited_summary_is_refused_by_its_own_checksum(tmp_path):
+  from inforeg_jax.reporting import with_digest
+  folder = write_run(tmp_path / "a")
+  path = folder / "summary.json"
+  path.write_text(json.dumps(with_digest(json.loads(path.read_text()))))
+  assert runs.read(str(folder)).summary["final"]["acc"] == 0.7  # as written: read
+  s = json.loads(path.read_text())
+  s["final"]["acc"] = 0.9  # a number in a table changed by hand
+  path.write_text(json.dumps(s))
+  with pytest.raises(SystemExit, match="does not match its summary_sha256"):
+    runs.read(str(folder))

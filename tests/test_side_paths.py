@@ -21,3 +21,15 @@ def test_side_command_error_is_one_line(tmp_path, args, says):
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if "error:" in line]
   assert len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
+
+
+def test_an_os_error_reaching_a_side_command_is_one_line(capsys):
+  from experiments import cli
+
+  def main():
+    raise OSError(28, "No space left on device", "/data/out/table.md")
+
+  with pytest.raises(SystemExit) as e:
+    cli(main)
+  assert e.value.code == 2
+  assert capsys.readouterr().err == "error: No space left on device: /data/out/table.md\n"

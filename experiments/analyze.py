@@ -346,7 +346,8 @@ def curve(results_json: str, table: str, out: str) -> dict:
     raise SystemExit(f"error: {results_json}: its {table!r} table is not as experiments.results "
                      "writes it (rows named '<row> name=value', with acc's mean and std): "
                      "damaged? Rerun python -m experiments.results --report-only") from None
-  joint = next((r for t in tables.values() if isinstance(t, dict)
+  joint = next((r for t in tables.values() if isinstance(t, dict)  # over the same folds only
+                and t.get("folds") == tables[table].get("folds")
                 for r in t.get("rows", []) if r["name"] == "joint default"), None)
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   numbers = {"table": table, "x_name": name, "x": x, "runs": len(rows[0]["runs"])}
@@ -368,18 +369,18 @@ def curve(results_json: str, table: str, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.analyze",
+  p = argparse.ArgumentParser(prog="python -m experiments.analyze", allow_abbrev=False,
                               description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="kind", required=True)
   for name in ("traces", "windows"):
-    sub.add_parser(name).add_argument("runs", nargs="+")
+    sub.add_parser(name, allow_abbrev=False).add_argument("runs", nargs="+")
   for name in ("gradcos", "tsne"):
-    s = sub.add_parser(name)
+    s = sub.add_parser(name, allow_abbrev=False)
     s.add_argument("run")
     s.add_argument("--modality", required=True)
     s.add_argument("--batches", type=int, default=8)
     s.add_argument("--limit", type=int, default=1000)
-  s = sub.add_parser("curve")
+  s = sub.add_parser("curve", allow_abbrev=False)
   s.add_argument("results_json")
   s.add_argument("--table", required=True, choices=("beta", "threshold"))
   for s in sub.choices.values():

@@ -95,6 +95,15 @@ def _fresh_or_resumed(members: list[Unit]) -> bool:
 
 
 _STOPPED: list = []  # in a worker: SIGTERM came; it takes no further population
+_TRAINING: list = []  # in a worker: a population under way
+
+
+def _on_sigterm(*_) -> None:
+  """A worker's SIGTERM: no further population; one under way, still importing or building
+  (before the trainer's own handler stops it at a step), stops here and now."""
+  _STOPPED.append(True)
+  if _TRAINING:
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def train_population(members: list[Unit], log_path: str) -> None:
@@ -105,6 +114,7 @@ def train_population(members: list[Unit], log_path: str) -> None:
   streams = sys.stdout, sys.stderr
   with open(log_path, "a") as log:
     sys.stdout = sys.stderr = log
+    _TRAINING.append(True)
     try:
       from experiments.run import enable_compilation_cache
       from inforeg_jax.flags import parse_flags
@@ -120,6 +130,7 @@ def train_population(members: list[Unit], log_path: str) -> None:
         _STOPPED.append(True)
         raise
     finally:
+      _TRAINING.clear()
       sys.stdout, sys.stderr = streams
 
 
@@ -127,7 +138,7 @@ def _worker_init(cache: str) -> None:
   os.environ["XLA_FLAGS"] = SINGLE_THREAD
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops a run
-  signal.signal(signal.SIGTERM, lambda *_: _STOPPED.append(True))  # (between two runs)
+  signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def train_units(units: Sequence[Unit], jobs: int, logs: str,

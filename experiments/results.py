@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -129,9 +130,13 @@ def test_labels(fold: Fold) -> np.ndarray:
 
 
 def resolve(flags, fold: Fold) -> list[str]:
-  """A row's flags for a fold's dataset (EPOCHS2: twice the dataset preset's epochs)."""
-  from inforeg_jax import datasets
-  epochs2 = f"--epochs={2 * datasets.get(fold.dataset).preset['epochs']}"
+  """A row's flags for a fold's dataset (EPOCHS2: twice the epochs its run would train
+  otherwise: the dataset preset's, or --run_flags')."""
+  from inforeg_jax.flags import parse_flags
+  epochs2 = None
+  if "EPOCHS2" in flags:  # twice what the run would train (the preset's, or --run_flags')
+    epochs2 = (f"--epochs="
+               f"{2 * parse_flags(fold.flags() + [f for f in flags if f != 'EPOCHS2'])[0].epochs}")
   return fold.flags() + [epochs2 if f == "EPOCHS2" else f for f in flags]
 
 
@@ -165,6 +170,7 @@ class Records:
 
   def __init__(self, folder: str):
     self.folder, self.by_key = folder, {}
+    data = {}  # fold: (the sha256 of its records' data, the file of the first)
     if os.path.exists(folder) and not os.path.isdir(folder):
       raise SystemExit(f"error: {folder} is not a folder (the study's records go there): move "
                        "it aside, or give another --docs")
@@ -185,6 +191,13 @@ class Records:
           raise SystemExit(f"error: {path}: line {i} is not a run's record (damaged or "
                            "truncated): remove that line and run the command again to rerun "
                            "its run") from None
+        sha = (r.get("data") or {}).get("sha256") if isinstance(r.get("data"), dict) else None
+        first = data.setdefault(r["fold"], (sha, path))
+        if first[0] != sha:  # checked even where the fold's data is not here (report only)
+          raise SystemExit(f"error: {path}: line {i} is a run on other data of fold "
+                           f"{r['fold']} ({str(sha)[:12]}) than {first[1]}'s "
+                           f"({str(first[0])[:12]}): one fold's runs never pool two datasets; "
+                           "move the records of the other data aside")
         old = self.by_key.get(key)
         if old is not None and old.get("final") != r.get("final"):
           raise SystemExit(f"error: {path}: two records of one run (fold {r['fold']}, seed "
@@ -211,7 +224,8 @@ def check_record(r) -> None:
           and isinstance(r.get("key"), str) and isinstance(r.get("seed"), int)
           and r.get("status") in ("finished", "stopped") and isinstance(r.get("flags"), list)
           and isinstance(r.get("final"), dict) and isinstance(r.get("session"), dict)
-          and (r["status"] != "finished" or real(r["final"].get("acc")))):
+          and (r["status"] != "finished" or (real(r["final"].get("acc"))
+                                             and math.isfinite(r["final"]["acc"])))):
     raise TypeError("not a record")
 
 
@@ -340,7 +354,7 @@ def checked(record: dict, fold: Fold, labels: dict) -> dict:
                      "remove its line from the records and run the command again")
   if fold.label in labels:
     acc = float(np.mean(values == labels[fold.label]))
-    if abs(acc - record["final"]["acc"]) > 1e-6:
+    if not abs(acc - record["final"]["acc"]) <= 1e-6:  # (NaN: not equal either)
       raise SystemExit(f"error: the record of {where}: its accuracy {record['final']['acc']} "
                        f"is not its predictions' {acc}: remove its line and run it again")
   return record
@@ -517,11 +531,22 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: --folds={args.folds!r} is not a list of integers") from None
   tables = [study.TABLES[t] for t in args.tables.split(",")]
   extra = args.run_flags.split()
-  for flag in extra:
+  by_rows = {f.lstrip("-").split("=")[0] for t in tables for r in t.rows for f in r.flags
+             if f != "EPOCHS2"}  # (EPOCHS2: twice the runs' epochs, --run_flags' included)
+  for t in tables:
+    for s in map(study.SEARCHES.get, t.searches()):
+      by_rows |= {f.lstrip("-").split("=")[0] for f in s.flags} | {"learning_rate", s.key or ""}
+  for i, flag in enumerate(extra):
     name = flag.lstrip("-").split("=")[0]
     if name in ENGINE_FLAGS:
       raise SystemExit(f"error: --run_flags: {flag}: the study sets --{name} itself (per "
                        "dataset, fold, seed and run); --run_flags adds other run flags")
+    if name in by_rows:  # a row's own flag comes later and wins: the rows would mix
+      raise SystemExit(f"error: --run_flags: {flag}: the rows or searches of --tables="
+                       f"{args.tables} set --{name} themselves; --run_flags adds other run "
+                       "flags")
+    if any(f.lstrip("-").split("=")[0] == name for f in extra[:i]):
+      raise SystemExit(f"error: --run_flags: --{name} is given twice: give it once")
   try:  # the folders this command writes, before anything runs
     for flag, folder in (("--out", args.out), ("--docs", args.docs)):
       check_writable(folder, flag)
@@ -531,8 +556,10 @@ def main(argv=None) -> int:
   try:
     for name in names:
       folds = folds_of(name, args.data_root, only)
-      if not folds:
-        raise SystemExit(f"error: --folds={args.folds}: {name} has no such fold")
+      unknown = sorted(set(only or ()) - {f.fold for f in folds})
+      if unknown:  # (never a report over fewer folds than asked for)
+        raise SystemExit(f"error: --folds={args.folds}: {name} has no fold "
+                         f"{', '.join(map(str, unknown))}")
       folds = [dataclasses.replace(f, extra=tuple(extra)) for f in folds]
       if not args.report_only:
         check_data(folds, args.fsdd_dir, args.mnist_dir)

@@ -38,15 +38,20 @@ except ModuleNotFoundError as e:  # the core install: no orbax, grain, tqdm, ...
 OWN_FLAGS = ("seed", "seeds", "workdir", "resume", "overwrite")
 
 
+def setting_of(flag: str) -> str:
+  """The setting a flag or grid name sets (``--config.epochs=2``: ``epochs``)."""
+  return flag.lstrip("-").split("=")[0].removeprefix("config.")
+
+
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
   grid = []
   for spec in specs:
     name, _, values = spec.partition("=")
     if not name or not values:
       raise SystemExit(f"error: --grid={spec!r} is not name=v1,v2,...")
-    if name.lstrip("-") in OWN_FLAGS:
+    if setting_of(name) in OWN_FLAGS:
       raise SystemExit(f"error: --grid={spec}: the sweep sets --{name} itself (use --seeds)")
-    if any(n == name for n, _ in grid):
+    if any(setting_of(n) == setting_of(name) for n, _ in grid):
       raise SystemExit(f"error: --grid={name}=... given twice: put its values in one --grid")
     grid.append((name, values.split(",")))
   return grid
@@ -115,14 +120,14 @@ def main(argv=None) -> int:
   grid = parse_grid(args.grid)
   seeds = parse_seeds(args.seeds)
   for flag in run_flags:
-    if flag.lstrip("-").split("=")[0] in OWN_FLAGS:
+    if setting_of(flag) in OWN_FLAGS:
       raise SystemExit(f"error: {flag}: the sweep sets --seed, --workdir, --resume and "
                        "--overwrite itself (use --seeds and --out)")
   names = [n for n, _ in grid]
   for flag in run_flags:
-    if flag.lstrip("-").split("=")[0] in [n.lstrip("-") for n in names]:
-      raise SystemExit(f"error: {flag} and --grid={flag.lstrip('-').split('=')[0]}=... both "
-                       "set it: give one")
+    both = [n for n in names if setting_of(n) == setting_of(flag)]
+    if both:
+      raise SystemExit(f"error: {flag} and --grid={both[0]}=... both set it: give one")
 
   plan = []  # (setting, seed, workdir, cfg, what to do), every one checked before any trains
   runs_of = {}  # a run's config (less its workdir): the plan's folder for it
@@ -151,7 +156,7 @@ def main(argv=None) -> int:
     except OSError as e:  # a full disk, a vanished directory, ...
       raise SystemExit(f"error: {e.strerror or e}"
                        + (f" ({e.filename})" if e.filename else "")) from None
-  text = table.render([w for _, _, w, _, _ in plan], group_by=names)
+  text = table.render([w for _, _, w, _, _ in plan], group_by=[setting_of(n) for n in names])
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(text)
   print(text)

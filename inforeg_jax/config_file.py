@@ -34,7 +34,10 @@ def _scalar(label: str, field: dataclasses.Field, value):
     value = int(value) if ok else value
   elif kind is float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    value = float(value) if ok else value
+    try:
+      value = float(value) if ok else value
+    except OverflowError:  # an int past a float's range (10**400)
+      raise ValueError(f"{label} must be a finite number; got {value}") from None
   else:
     ok = isinstance(value, str)
   if not ok:
@@ -81,10 +84,11 @@ def _flat(values: dict, path: str, prefix: str = "") -> dict:
   for k, v in values.items():
     if not isinstance(k, str):
       raise ValueError(f"--config={path}: setting names are strings; got {prefix}{k!r}")
-    if isinstance(v, dict):
-      out.update(_flat(v, path, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
+    inner = _flat(v, path, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    for name in inner.keys() & out.keys():  # 'agm.alpha' and {'agm': {'alpha': ...}}
+      raise ValueError(f"--config={path}: {name} is given twice ({out[name]!r} and "
+                       f"{inner[name]!r}): give it once")
+    out.update(inner)
   return out
 
 

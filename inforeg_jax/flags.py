@@ -232,6 +232,13 @@ def _arguments(argv: Sequence[str] | None):
   argv = _expand_flagfiles(argv, parser)
   parser = make_parser(argv)
   args = parser.parse_args(argv)
+  configs = [a.split("=", 1)[1] if a.startswith("--config=") else b
+             for a, b in zip(argv, argv[1:] + [""]) if a.startswith("--config=") or a == "--config"]
+  if len({os.path.realpath(c) for c in configs}) > 1:  # argparse would keep the last alone
+    parser.error(f"--config is given {len(configs)} times ({', '.join(configs)}): a run reads "
+                 "one config file (they are not merged): give one")
+  if args.config == "":
+    parser.error("--config= names no file: give --config=FILE, or leave --config out")
   flagged = _flag_values(parser, args)
   values = {}
   if args.config:

@@ -45,6 +45,10 @@ def prepare_workdir(cfg: Config) -> str:
   if workdir_lib.used(workdir) and not (cfg.resume or cfg.overwrite):
     raise RunError(f"--workdir={workdir} already holds a run: pass --resume to continue it or "
                    "--overwrite to replace it (or choose another --workdir)")
+  other = None if cfg.resume or cfg.overwrite else workdir_lib.nested_run(workdir)
+  if other is not None:  # (table and --overwrite would read the two as one folder's runs)
+    raise RunError(f"--workdir={workdir} would nest with the run in {other}: runs lie side "
+                   "by side, never one inside another's folder; choose another --workdir")
   if cfg.overwrite and os.path.isdir(workdir):
     workdir_lib.check_replaceable(workdir)
   if jax.process_index() == 0:

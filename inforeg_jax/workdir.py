@@ -37,6 +37,25 @@ def used(workdir: str) -> bool:
   return any(os.path.exists(os.path.join(workdir, f)) for f in MARKERS)
 
 
+def nested_run(workdir: str) -> str | None:
+  """A run that a new run in ``workdir`` would nest with: one in the folder just above it (a
+  population's ``<workdir>/seed<k>`` inside a single run's folder), or one in a folder below
+  it (a single run written over a population's members); None when there is none. Only a
+  run's own files mark a run here (a folder named checkpoints/ beside a project is not one)."""
+  run_files = ("metrics.jsonl", "summary.json")
+  is_run = lambda folder: any(os.path.isfile(os.path.join(folder, f)) for f in run_files)
+  parent = os.path.dirname(os.path.abspath(workdir))
+  if is_run(parent):
+    return parent
+  top = os.path.normpath(workdir).count(os.sep)
+  for folder, subfolders, _ in os.walk(workdir):
+    if folder != workdir and is_run(folder):
+      return folder
+    deep = os.path.normpath(folder).count(os.sep) - top >= 4  # (runs lie 1 to 4 folders down)
+    subfolders[:] = [] if deep else sorted(d for d in subfolders if d not in RUN_FILES)
+  return None
+
+
 def foreign(workdir: str) -> list[str]:
   """The entries of ``workdir`` that are not a run's own files."""
   try:

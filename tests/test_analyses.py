@@ -107,6 +107,23 @@ def test_sweep_refuses_a_grid_that_names_one_run_twice(tmp_path, flags, says):
   assert not os.listdir(tmp_path)
 
 
+def test_a_sweep_over_a_config_files_setting_tabulates_it(tmp_path, monkeypatch):
+  # --grid=config.epochs=... trained every run, then its table refused "config.epochs"
+  from tests.test_runs import write_run
+  monkeypatch.setattr(sweep, "train", lambda cfg: write_run(
+      cfg.workdir, seed=cfg.seed, epochs=cfg.epochs, method=cfg.method))
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text("config = dict(epochs=1)\n")
+  out = tmp_path / "s"
+  assert sweep.main([f"--out={out}", "--grid=config.epochs=1,2", f"--config={cfg}", "--tiny",
+                     "--limit_train=128"]) == 0
+  assert "| epochs |" in (out / "table.md").read_text()
+  for flags, says in ((["--epochs=3"], "both set it"), (["--grid=epochs=4"], "given twice"),
+                      (["--config.seed=1"], "the sweep sets --seed")):
+    with pytest.raises(SystemExit, match=says):
+      sweep.main([f"--out={tmp_path}/t", "--grid=config.epochs=1,2", f"--config={cfg}", *flags])
+
+
 def test_sweep_without_the_data_is_one_line(tmp_path):
   with pytest.raises(SystemExit) as e:
     sweep.main([f"--out={tmp_path}", "--dataset=cremad", f"--data_dir={tmp_path}/nothing"])
@@ -194,6 +211,19 @@ def test_curve_plots_a_swept_table_against_joint_training(tmp_path):
   assert (tmp_path / "fig7.png").stat().st_size > 0
   with pytest.raises(SystemExit, match="no finished 'threshold' table"):
     analyze.curve(str(path), "threshold", str(tmp_path / "fig8"))
+  # a reference over other folds (a --folds=0 table beside one over every fold) is none
+  doc["tables"]["tuned"]["folds"], doc["tables"]["beta"]["folds"] = [0, 1, 2], [0]
+  path.write_text(json.dumps(doc))
+  numbers = analyze.curve(str(path), "beta", str(tmp_path / "fig7"))
+  assert numbers["acc"]["joint"] is None
+
+
+def test_analyze_takes_no_abbreviations(tmp_path, capsys):
+  for argv in (["windows", str(tmp_path), "--ou=x"], ["gradcos", str(tmp_path), "--mod=audio",
+                                                       "--out=x"]):
+    with pytest.raises(SystemExit) as e:  # (was read as --out, --modality)
+      analyze.main(argv)
+    assert e.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
 
 
 def test_eq11_noise_tells_learning_from_estimation_noise():

@@ -162,6 +162,8 @@ def test_config_file_then_flags(tmp_path, capsys):
     ("nope=1", "unknown setting(s) nope"),
     ("learning_rate=float('nan')", "learning_rate must be a finite number; got nan"),
     ("threshold=float('inf')", "threshold must be a finite number; got inf"),
+    ("learning_rate=10**400", "learning_rate must be a finite number; got 1000"),  # Overflow
+    ("learning_rate=[0.1, 10**400]", "learning_rate must be a finite number; got 1000"),
     ("seed=[0, 0]", "seed lists a value twice: [0, 0]"),
     ("seed=[3]", "seed=[3] lists one value: one run is seed=3"),
     ("seed=[-1, 2]", "seed must be >= 0; got -1"),
@@ -301,6 +303,23 @@ def test_flags_that_contradict_each_other_are_refused_at_once(tmp_path, capsys):
   config_file(tmp_path, "config = dict(resume=True)\n")
   assert "exclude each other" in refused([f"--config={f}", "--overwrite"], capsys)
   assert parse_flags([f"--config={f}", "--overwrite=false"])[0].resume is True
+
+
+def test_two_config_files_or_one_setting_given_twice_in_one_are_refused(tmp_path, capsys):
+  # argparse keeps the last --config alone: the first file's settings would be lost unsaid
+  a = config_file(tmp_path, "config = dict(epochs=5)\n")
+  b = tmp_path / "b.py"
+  b.write_text("config = dict(seed=3)\n")
+  assert refused([f"--config={a}", f"--config={b}"], capsys) == (
+      f"--config is given 2 times ({a}, {b}): a run reads one config file (they are not "
+      "merged): give one")
+  assert parse_flags([f"--config={a}", "--config", a])[0].epochs == 5  # one file twice: one
+  assert refused(["--config="], capsys).startswith("--config= names no file")
+  # one setting flat and nested in one file: neither silently wins
+  f = config_file(tmp_path, "config = {'method': 'agm', 'agm': {'alpha': 2.0}, "
+                            "'agm.alpha': 3.0}\n")
+  assert refused([f"--config={f}"], capsys) == (
+      f"--config={f}: agm.alpha is given twice (2.0 and 3.0): give it once")
 
 
 def run_on_disk(folder) -> None:

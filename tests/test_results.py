@@ -162,6 +162,7 @@ def records_file(docs):
     ("predictions", "does not match its checksum"),
     ("accuracy", "is not its predictions'"),
     ("twice", "two records of one run"),
+    ("nan", "line .* is not a run's record"),  # (NaN passed the accuracy cross-check)
 ])
 def test_damaged_records_are_one_line(fake, damage, message):
   calls, argv, docs = fake
@@ -179,6 +180,9 @@ def test_damaged_records_are_one_line(fake, damage, message):
     lines[i] = json.dumps(r)
   elif damage == "accuracy":
     r["final"]["acc"] += 0.01
+    lines[i] = json.dumps(r)
+  elif damage == "nan":
+    r["final"]["acc"] = float("nan")
     lines[i] = json.dumps(r)
   else:
     r["final"]["acc"] += 0.01
@@ -352,3 +356,59 @@ def test_an_output_folder_that_is_a_file_is_one_line(fake, tmp_path):
   with pytest.raises(SystemExit, match="cannot write to --docs=.*it is a file, not a folder"):
     results.main(argv + [f"--docs={tmp_path}/file"])
   assert not calls
+
+
+def test_a_fold_that_does_not_exist_is_refused_not_left_out(fake):
+  calls, argv, docs = fake
+  with pytest.raises(SystemExit, match="--folds=0,7: synthetic has no fold 7"):
+    results.main(argv + ["--folds=0,7"])  # (it reported fold 0 alone, as if asked for it)
+  assert not calls and not (docs / "synthetic.json").exists()
+
+
+def test_records_of_one_fold_on_two_datasets_are_refused_without_the_data(fake):
+  calls, argv, docs = fake
+  results.main(argv)
+  path = records_file(docs)
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  for k, r in enumerate(lines):  # the fold's runs made on two preparations of its data
+    r["data"] = {"name": "avmnist", "version": f"v{k % 2}", "sha256": "ab"[k % 2] * 64}
+  path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  with pytest.raises(SystemExit, match="is a run on other data of fold 1 .*never pool two"):
+    results.main(argv + ["--report-only"])
+
+
+def test_run_flags_a_row_sets_itself_are_refused_and_epochs2_doubles_them(fake):
+  calls, argv, _ = fake
+  for flag in ("--learning_rate=0.5", "--method=agm", "--inforeg.beta=0.5"):
+    with pytest.raises(SystemExit, match=f"set {flag.split('=')[0]} themselves"):
+      results.main(argv + [f"--run_flags={flag}"])  # a row's own flag won: rows mixed
+  with pytest.raises(SystemExit, match="--epochs is given twice"):
+    results.main(argv + ["--run_flags=--epochs=2 --epochs=3"])
+  assert not calls
+  fold = results.Fold("synthetic", "synthetic", None, None, None, extra=("--epochs=1",))
+  assert results.resolve(("--method=joint", "EPOCHS2"), fold)[-1] == "--epochs=2"
+  preset = results.Fold("synthetic", "synthetic", None, None, None)
+  assert results.resolve(("--method=joint", "EPOCHS2"), preset)[-1] == "--epochs=40"
+
+
+def test_a_sigterm_before_the_trainers_own_handler_stops_the_population(monkeypatch, tmp_path):
+  """A worker signalled while it still imports or builds (the trainer's handler not yet
+  installed) stops there; the signal is not lost to a run that then trains to its end."""
+  trained = []
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setattr(populations, "_STOPPED", [])
+  monkeypatch.setattr(populations, "_fresh_or_resumed",
+                      lambda members: os.kill(os.getpid(), signal.SIGTERM))
+  import inforeg_jax.trainer
+  monkeypatch.setattr(inforeg_jax.trainer, "train", lambda *a, **k: trained.append(1))
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    populations._worker_init(str(tmp_path / "cache"))
+    with pytest.raises(KeyboardInterrupt):
+      populations.train_population([], str(tmp_path / "log.txt"))
+    assert not trained and populations._STOPPED
+    with pytest.raises(populations.Stopped):  # and it takes no further population
+      populations.train_population([], str(tmp_path / "log.txt"))
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)

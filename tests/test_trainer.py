@@ -177,6 +177,15 @@ def test_prepare_workdir(tmp_path):
   other.mkdir()
   (other / "notes.txt").write_text("mine")
   members_lib.prepare_workdir(make_config(workdir=str(other)))
+  # a run inside another run's folder, or over runs in its subfolders: refused, not nested
+  for inner, outer in ((f"{workdir}/seed0", workdir), (str(tmp_path), workdir)):
+    with pytest.raises(RunError, match=f"would nest with the run in {outer}"):
+      members_lib.prepare_workdir(make_config(workdir=inner))
+  assert not os.path.exists(f"{workdir}/seed0")
+  members_lib.prepare_workdir(make_config(workdir=str(tmp_path / "beside")))  # side by side
+  project = tmp_path / "project"  # a folder named checkpoints/ is not a run's own files
+  (project / "checkpoints").mkdir(parents=True)
+  members_lib.prepare_workdir(make_config(workdir=str(project / "runs1")))
 
 
 def test_run_name_and_hparams():

@@ -429,6 +429,20 @@ def prep_out_dir_is_a_file(tmp):
   return cmd[:-1] + [f"--out_dir={tmp}/file"]
 
 
+def two_config_files(tmp):
+  with open(f"{tmp}/cfg2.py", "w") as f:
+    f.write("config = dict(width=4)\n")
+  return config_file("config = dict(epochs=2)")(tmp) + [f"--config={tmp}/cfg2.py"]
+
+
+def run_inside_a_run(tmp):
+  """A fresh run whose --workdir lies inside a (single) run's folder."""
+  os.makedirs(f"{tmp}/w")
+  with open(f"{tmp}/w/metrics.jsonl", "w") as f:
+    f.write('{"epoch": 0}\n')
+  return RUN + TINY + [f"--workdir={tmp}/w/seed0"]
+
+
 def side(module: str, *args: str, setup=None):
   def build(tmp):
     if setup is not None:
@@ -673,6 +687,11 @@ CASES: list[Case] = [
          "defines neither `config = dict(name=value, ...)` nor `get_config()`"),
     Case("a ConfigDict config file without ml_collections", configdict_without_ml_collections, 2,
          "ml_collections is not installed: pip install -e '.[train]'"),
+    Case("two --config files", two_config_files, 2,
+         "a run reads one config file (they are not merged)"),
+    Case("a config file setting one value twice",
+         config_file("config = {'agm': {'alpha': 2.0}, 'agm.alpha': 3.0}"), 2,
+         "agm.alpha is given twice"),
     Case("--config.epochs=x", config_file("config = dict(epochs=2)", "--config.epochs=x"), 2,
          "--config.epochs expects int, got 'x'"),
     Case("--config.epochs without --config", bad_flag("--config.epochs=3"), 2,
@@ -685,6 +704,8 @@ CASES: list[Case] = [
     Case("--epochs and --config.epochs disagreeing",
          config_file("config = dict(epochs=2)", "--epochs=3", "--config.epochs=4"), 2,
          "--epochs=3 and --config.epochs=4 contradict each other"),
+    Case("a run inside another run's folder", run_inside_a_run, 2,
+         "would nest with the run in"),
     Case("--resume with --overwrite", lambda tmp: RUN + ["--resume", "--overwrite"], 2,
          "--resume and --overwrite exclude each other"),
     Case("--resume naming another layout of member folders", resume_another_layout, 2,
@@ -716,6 +737,11 @@ CASES: list[Case] = [
          "no prepared avmnist_hard", group="side"),
     Case("results --report-only with runs missing", side(*RESULTS, "--report-only"), 2,
          "runs are missing", group="side"),
+    Case("results with --run_flags setting the seed", side(*RESULTS, "--run_flags=--seed=3"), 2,
+         "the study sets --seed itself", group="side"),
+    Case("sweep over one run twice", side("experiments.sweep", "--out={tmp}/s", "--tiny",
+                                          "--grid=learning_rate=0.1,0.10"), 2,
+         "would be one run", group="side"),
     Case("results while another holds --out", side(*RESULTS, setup=out_in_use), 2,
          "in use by another experiments.results", group="side"),
     Case("results over a damaged record", side(*RESULTS, "--report-only",

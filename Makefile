@@ -26,7 +26,7 @@ check: lint
 
 # The full suite, what CI runs (.ci/run): ruff and every test.
 test: lint
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --durations=25 tests
 
 mutate: $(STAMP)
 	$(PY) -m tests.mutate

@@ -570,17 +570,24 @@ def main(argv=None) -> int:
 
 
 def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
+  """One dataset's study: its records checked against the data here, the missing runs run
+  (plan -> run, round after round), then the report."""
   docs = os.path.join(args.docs, name + ("_" + "_".join(f.lstrip("-").replace("=", "-")
                                                          for f in extra) if extra else ""))
   records = Records(os.path.join(docs, "records"))
-  path = docs + ".json"
-  doc = read_report(path)
+  doc = read_report(docs + ".json")
   if not args.report_only:
     try:
       check_writable(records.folder, "--docs")
     except RunError as e:
       raise SystemExit(f"error: {e}") from None
-  # the records were made on this data (or none is here: report only)
+  check_records_data(name, folds, records)
+  wall = None if args.report_only else run_missing(name, tables, folds, records, args)
+  write_report(name, docs, doc, tables, folds, records, wall)
+
+
+def check_records_data(name: str, folds: list[Fold], records: Records) -> None:
+  """The records were made on the data here (or none is here: report only)."""
   for fold in dict.fromkeys([g for f in folds for g in (f, f.tuning)]):
     here = data_identity(fold) if fold.data_dir and os.path.isdir(fold.data_dir) else None
     for r in records.by_key.values():
@@ -590,9 +597,14 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
                          f"other data ({r['data'].get('sha256', '')[:12]}) than {fold.data_dir} "
                          f"({here.get('sha256', '')[:12]}): prepare it with the recorded "
                          "prep_command, or move the records aside")
-  t0, total = time.time(), 0
-  rounds = 0
-  while not args.report_only:
+
+
+def run_missing(name: str, tables, folds: list[Fold], records: Records, args) -> dict | None:
+  """Plan -> run until the plan wants nothing (a search's next round needs the last one's
+  scores), each finished run recorded as its population ends; the wall it took (None:
+  nothing was missing)."""
+  t0, total, rounds = time.time(), 0, 0
+  while True:
     wanted = plan(tables, folds, records, args.out)
     if not wanted:
       break
@@ -619,6 +631,17 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
       sys.exit(130 if e.signal_name == "SIGINT" else 143)
     except RuntimeError as e:
       raise SystemExit(f"error: {e}") from None
+  if not total:
+    return None
+  return {"runs": total, "rounds": rounds, "seconds": round(time.time() - t0, 1),
+          "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write_report(name: str, docs: str, doc: dict, tables, folds: list[Fold], records: Records,
+                 wall: dict | None) -> None:
+  """``<docs>.json`` and a markdown file a table, from the records alone; refused (nothing
+  written) while a row lacks runs or where it would replace a table over more folds."""
+  path = docs + ".json"
   labels = {f.label: test_labels(f) for f in folds
             if f.data_dir is None or os.path.isdir(f.data_dir)}
   reports = {t.name: table_report(t, folds, records, labels) for t in tables}
@@ -637,16 +660,14 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
                        "the report over every fold")
   from inforeg_jax import datasets
   doc.update({"dataset": name, "prep_command": datasets.study()[name][1].prep or "(built in)",
-              "folds": [f.fold for f in folds], "seeds": list(study.SEEDS),
+              "folds": every, "seeds": list(study.SEEDS),
               "tuning_seeds": list(study.TUNING_SEEDS), "claim_rule": CLAIM_RULE,
               "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
               "records": os.path.relpath(records.folder, os.path.dirname(path) or ".")})
   doc.setdefault("tables", {}).update(reports)
-  if total:
-    doc.setdefault("wall", []).append({"runs": total, "rounds": rounds,
-                                       "seconds": round(time.time() - t0, 1),
-                                       "date": time.strftime("%Y-%m-%d %H:%M")})
+  if wall:
+    doc.setdefault("wall", []).append(wall)
   with open(path, "w") as f:
     json.dump(doc, f, indent=1)
   for t, r in reports.items():

@@ -164,7 +164,7 @@ def _read_summary(path: str) -> dict | None:
       and isinstance(s.get("seed", s["config"].get("seed")), int))):
     raise SystemExit(f"error: {path} is not a run's summary (config, seed, final or best "
                      f"missing or malformed); {FIX}")
-  if s.get("summary_sha256", summary_digest(s)) != summary_digest(s):  # (older: none)
+  if "summary_sha256" in s and s["summary_sha256"] != summary_digest(s):  # (older: none)
     raise SystemExit(f"error: {path} does not match its summary_sha256 (edited or damaged); "
                      f"{FIX}")
   return s

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 
+from experiments import os_error_line
 from inforeg_jax.flags import parse_members
 
 
@@ -118,8 +119,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:  # a full disk, a vanished directory, ...
-    where = f" ({e.filename})" if e.filename else ""
-    print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+    print(os_error_line(e), file=sys.stderr)
     return 2
   except KeyboardInterrupt as e:
     what = "interrupted" if str(e) in ("", "SIGINT") else f"stopped by {e}"

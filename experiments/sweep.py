@@ -20,7 +20,7 @@ import itertools
 import json
 import os
 
-from experiments import cli, runs, table
+from experiments import cli, os_error_line, runs, table
 from inforeg_jax.config import config_differences, from_dict
 from inforeg_jax.flags import parse_flags
 
@@ -154,8 +154,7 @@ def main(argv=None) -> int:
     except (MissingDataError, RunError, ValueError) as e:
       raise SystemExit(f"error: {e}") from None
     except OSError as e:  # a full disk, a vanished directory, ...
-      raise SystemExit(f"error: {e.strerror or e}"
-                       + (f" ({e.filename})" if e.filename else "")) from None
+      raise SystemExit(os_error_line(e)) from None
   text = table.render([w for _, _, w, _, _ in plan], group_by=[setting_of(n) for n in names])
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(text)

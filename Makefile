@@ -34,7 +34,8 @@ mutate: $(STAMP)
 # Protocol v2 (docs/RESULTS.md) on hard AV-MNIST: Tables 2 and 3 over the six speaker folds
 # (every method tuned on a validation speaker, then its chosen setting and its defaults on 5
 # seeds a fold), then Table 4. DATA: where the prepared folds are (data/avmnist_hard_fold<K>);
-# FSDD, MNIST: the raw data they are prepared from when missing (docs/DATA.md). Continues from
+# FSDD, MNIST: the raw data they are prepared from when missing, and the test pairs' recordings
+# replayed from (the recording-level bootstrap; docs/DATA.md). Continues from
 # the committed records (docs/results/avmnist_hard/records). Other tables: TABLES=epochs,
 # fusion,beta,threshold; FOLDS=0 for one fold.
 TABLES ?= tuned,window

@@ -50,6 +50,10 @@ Sources (--source):
           downloads/manual/ by hand are used instead). TFDS's own `spoken_digit` and `mnist`
           builders need TensorFlow to prepare, so the files are read here.
 
+The prepared data does not keep which recording each pair's audio came from; for a
+recording-level bootstrap, `recordings_of_test_pairs` replays the preparation from the same
+files (certified by the stored test audio, bit for bit).
+
 Audio: 8 kHz, tiled to 1 s, log |STFT| (n_fft 256, hop 128, Hann, centred): 129 x 63, area-
 averaged to --audio_bins x --audio_frames (magnitudes averaged, then the log).
 Visual: [1, 28, 28, 1] float32 (one frame, one channel), scaled to unit standard deviation
@@ -423,10 +427,9 @@ def clip_splitter(args):
       f"speaker is not one of FSDD's six ({', '.join(SPEAKERS)}), the hard variant's folds"), span
 
 
-def main(argv=None) -> None:
-  args = common.flags("avmnist", __doc__, FLAGS, argv)
-  check_flags(args)
-  hard = args.variant == "hard"
+def read_sources(args, claim: bool):
+  """(wavs, FSDD in words, MNIST's idx paths or None, the TFDS data dir, MNIST's files): the
+  inputs, found (and with --source=tfds fetched); ``claim``: the output folder claimed first."""
   if args.source == "files":
     fsdd = common.require_dir(args.fsdd_dir, "--fsdd_dir", "FSDD's recordings/*.wav")
     wavs, fsdd_text = find_wavs(fsdd, f"--fsdd_dir={args.fsdd_dir}"), args.fsdd_dir
@@ -437,12 +440,14 @@ def main(argv=None) -> None:
       common.require_dir(args.tfds_data_dir, "--tfds_data_dir", "TFDS's mnist/ (array_record)")
       mnist_paths = None
     tfds_dir = args.tfds_data_dir
-    common.claim_out_dir(args.out_dir)
+    if claim:
+      common.claim_out_dir(args.out_dir)
   else:
     from data_prep import tfds_fetch
 
     tfds_dir = args.tfds_data_dir or tfds_fetch.default_data_dir()
-    common.claim_out_dir(args.out_dir)
+    if claim:
+      common.claim_out_dir(args.out_dir)
     fsdd_text = tfds_fetch.fetch_fsdd(tfds_dir)
     wavs = find_wavs(fsdd_text, fsdd_text)
     prepared = glob.glob(os.path.join(tfds_dir, "mnist", "*", "dataset_info.json"))
@@ -452,10 +457,13 @@ def main(argv=None) -> None:
   else:
     mnist_files = [p for split in ("test", "train") if split in mnist_paths
                    for p in mnist_paths[split]]
+  return wavs, fsdd_text, mnist_paths, tfds_dir, mnist_files
 
-  if hard:
-    speakers = fold_speakers(args.fold)
-    options = {"variant": "hard", "fold": args.fold, "speakers": speakers,
+
+def options_of(args, mnist_paths) -> dict:
+  """What the prepared data is made with (the manifest's ``options``)."""
+  if args.variant == "hard":
+    options = {"variant": "hard", "fold": args.fold, "speakers": fold_speakers(args.fold),
                **{k: getattr(args, k) for k in ("seed", "image_energy_kept", "audio_snr_db",
                                                 "audio_bins", "audio_frames")}}
   else:
@@ -463,96 +471,128 @@ def main(argv=None) -> None:
                                              "audio_bins", "audio_frames")}
   options.update(mnist_source="idx" if mnist_paths is not None else "tfds", rate=RATE,
                  seconds=SECONDS, n_fft=N_FFT, hop=HOP, stft_pad_mode="constant",
-                 clip_split=("FSDD speakers: " + "; ".join(f"{s} {', '.join(v)}" for s, v in
-                                                          speakers.items())
-                             if hard else "FSDD index 0-4 test, 5-9 val, 10-49 train"))
+                 clip_split=("FSDD speakers: " + "; ".join(
+                     f"{s} {', '.join(v)}" for s, v in fold_speakers(args.fold).items())
+                             if args.variant == "hard" else
+                             "FSDD index 0-4 test, 5-9 val, 10-49 train"))
   if args.source == "tfds":
     options["source"] = "tfds"
+  return options
+
+
+class Pairing:
+  """Every split's images and the FSDD clip each is paired with, from the seeded generator
+  ``rng`` (which then draws the audio noise, split by split: `paired_audio`)."""
+
+  def __init__(self, args, wavs, fsdd_text, mnist_paths, tfds_dir):
+    hard = args.variant == "hard"
+    if mnist_paths is not None:
+      sets, facts = mnist_from_files(mnist_paths)
+    else:
+      sets, facts = mnist_from_tfds(tfds_dir), {"mnist_tfds_data_dir": tfds_dir}
+    self.rng = rng = np.random.default_rng(args.seed)
+    self.images = split_images(sets, rng, args.variant)
+    shares = IMAGE_SPLIT[args.variant]
+    if "train" in sets:
+      val = shares[0]["val"]
+      facts["image_split"] = (
+          "MNIST train: per-digit 5/6 train, 1/6 val; MNIST test: test" if not hard else
+          f"MNIST train: per-digit {1 - val:.0%} train, {val:.0%} val; MNIST test: test")
+    else:
+      facts["image_split"] = "MNIST test set: per-digit " + "/".join(
+          f"{round(100 * f)}" for f in (1 - sum(shares[1].values()), *shares[1].values()))
+    if hard:
+      self.degrade = fit_keep(self.images["train"][0], args.image_energy_kept)
+      facts.update(pca_components_kept=self.degrade.components_kept,
+                   pca_energy_kept=round(self.degrade.energy_kept, 6),
+                   visual_scale=self.degrade.scale)
+    else:
+      self.degrade = fit_degrade(self.images["train"][0], args.image_energy_removed)
+      facts["pca_components_removed"] = self.degrade.components_removed
+    self.facts = facts
+
+    split_of, outside, span = clip_splitter(args)
+    self.skipped = skipped = {}
+    clips = {s: {d: [] for d in range(10)} for _, _, s in CLIP_SPLIT}  # (recording, wave)
+    for path in common.progress(wavs, desc="FSDD", unit="clip"):
+      m = NAME.match(os.path.basename(path))
+      if not m:
+        skipped[path] = "name is not {digit}_{speaker}_{index}.wav"
+        continue
+      split = split_of(m)
+      if split is None:
+        skipped[path] = outside
+        continue
+      try:
+        wave, _ = common.read_audio(path, RATE)
+      except Exception as e:  # unreadable, truncated, non-finite, another rate: counted skip
+        skipped[path] = f"{type(e).__name__}: {e}"
+        continue
+      clips[split][int(m.group(1))].append((m.group(0)[:-4], common.tile_to(wave,
+                                                                            int(RATE * SECONDS))))
+
+    # banks[split]: its clips' waves; recordings[split]: their names; assign[split][i]: the
+    # bank index of image i's clip
+    self.banks, self.recordings, self.assign = {}, {}, {}
+    for split in ("train", "val", "test"):
+      labels = self.images[split][1]
+      bank = [(d, name, w) for d in range(10) for name, w in clips[split][d]]
+      self.banks[split] = (np.stack([w for _, _, w in bank]) if bank
+                           else np.zeros((0, int(RATE * SECONDS))))
+      self.recordings[split] = [name for _, name, _ in bank]
+      digit = np.array([d for d, _, _ in bank], np.int64)
+      self.assign[split] = np.empty(len(labels), np.int64)
+      for d in range(10):
+        want = np.flatnonzero(labels == d)
+        have = np.flatnonzero(digit == d)
+        if len(want) and not len(have):
+          raise common.PrepError(f"no usable {split} clips of digit {d} in {fsdd_text} "
+                                 f"({span[split]}; see the skipped files above)"
+                                 if skipped else f"no {split} clips of digit {d} in "
+                                 f"{fsdd_text} ({span[split]})")
+        self.assign[split][want] = rng.permutation(have)[np.arange(len(want))
+                                                         % max(len(have), 1)]
+
+  def paired_audio(self, split: str, args, spectrogram: bool = True) -> np.ndarray | None:
+    """The split's audio [N, bins, frames]: each pair's clip plus its own white noise at
+    --audio_snr_db, drawn from ``rng`` 2,000 pairs at a time (the splits in the order train,
+    val, test; a replay draws the noise without the spectrograms: None)."""
+    snr = 10 ** (args.audio_snr_db / 10)
+    assign = self.assign[split]
+    audio = (np.empty((len(assign), args.audio_bins, args.audio_frames), np.float32)
+             if spectrogram else None)
+    for lo in range(0, len(assign), 2000):
+      waves = self.banks[split][assign[lo:lo + 2000]].astype(np.float32)
+      noise = self.rng.standard_normal(waves.shape, dtype=np.float32)
+      if spectrogram:
+        waves += noise * np.sqrt(np.mean(waves**2, axis=1, keepdims=True) / snr)
+        audio[lo:lo + 2000] = spectrograms(waves, args.audio_bins, args.audio_frames)
+    return audio
+
+
+def main(argv=None) -> None:
+  args = common.flags("avmnist", __doc__, FLAGS, argv)
+  check_flags(args)
+  wavs, fsdd_text, mnist_paths, tfds_dir, mnist_files = read_sources(args, claim=True)
+  options = options_of(args, mnist_paths)
   fp = common.fingerprint(wavs + mnist_files, options)
   if common.already_done(args.out_dir, fp):
     return
 
-  if mnist_paths is not None:
-    sets, facts = mnist_from_files(mnist_paths)
-  else:
-    sets, facts = mnist_from_tfds(tfds_dir), {"mnist_tfds_data_dir": tfds_dir}
-  rng = np.random.default_rng(args.seed)
-  images = split_images(sets, rng, args.variant)
-  shares = IMAGE_SPLIT[args.variant]
-  if "train" in sets:
-    val = shares[0]["val"]
-    facts["image_split"] = (
-        "MNIST train: per-digit 5/6 train, 1/6 val; MNIST test: test" if not hard else
-        f"MNIST train: per-digit {1 - val:.0%} train, {val:.0%} val; MNIST test: test")
-  else:
-    facts["image_split"] = "MNIST test set: per-digit " + "/".join(
-        f"{round(100 * f)}" for f in (1 - sum(shares[1].values()), *shares[1].values()))
-  if hard:
-    degrade = fit_keep(images["train"][0], args.image_energy_kept)
-    facts.update(pca_components_kept=degrade.components_kept,
-                 pca_energy_kept=round(degrade.energy_kept, 6),
-                 visual_scale=degrade.scale)
-  else:
-    degrade = fit_degrade(images["train"][0], args.image_energy_removed)
-    facts["pca_components_removed"] = degrade.components_removed
-
-  split_of, outside, span = clip_splitter(args)
-  skipped: dict[str, str] = {}
-  clips: dict[str, dict[int, list[np.ndarray]]] = {s: {d: [] for d in range(10)}
-                                                   for _, _, s in CLIP_SPLIT}
-  for path in common.progress(wavs, desc="FSDD", unit="clip"):
-    m = NAME.match(os.path.basename(path))
-    if not m:
-      skipped[path] = "name is not {digit}_{speaker}_{index}.wav"
-      continue
-    split = split_of(m)
-    if split is None:
-      skipped[path] = outside
-      continue
-    try:
-      wave, _ = common.read_audio(path, RATE)
-    except Exception as e:  # unreadable, truncated, non-finite, another rate: counted skip
-      skipped[path] = f"{type(e).__name__}: {e}"
-      continue
-    clips[split][int(m.group(1))].append(common.tile_to(wave, int(RATE * SECONDS)))
-
-  banks, assign = {}, {}
-  for split in ("train", "val", "test"):
-    labels = images[split][1]
-    bank = [(d, w) for d in range(10) for w in clips[split][d]]
-    banks[split] = np.stack([w for _, w in bank]) if bank else np.zeros((0, int(RATE * SECONDS)))
-    digit = np.array([d for d, _ in bank], np.int64)
-    assign[split] = np.empty(len(labels), np.int64)
-    for d in range(10):
-      want = np.flatnonzero(labels == d)
-      have = np.flatnonzero(digit == d)
-      if len(want) and not len(have):
-        raise common.PrepError(f"no usable {split} clips of digit {d} in {fsdd_text} "
-                               f"({span[split]}; see the skipped files above)"
-                               if skipped else f"no {split} clips of digit {d} in "
-                               f"{fsdd_text} ({span[split]})")
-      assign[split][want] = rng.permutation(have)[np.arange(len(want)) % max(len(have), 1)]
-
-  snr = 10 ** (args.audio_snr_db / 10)
+  pairing = Pairing(args, wavs, fsdd_text, mnist_paths, tfds_dir)
   counts, clip_counts, uses = {}, {}, {}
   with records.Preparation(args.out_dir) as prep:
     for split in ("train", "val", "test"):
-      imgs, labels = images[split]
-      audio = np.empty((len(labels), args.audio_bins, args.audio_frames), np.float32)
-      for lo in range(0, len(labels), 2000):
-        waves = banks[split][assign[split][lo:lo + 2000]].astype(np.float32)
-        noise = rng.standard_normal(waves.shape, dtype=np.float32)
-        waves += noise * np.sqrt(np.mean(waves**2, axis=1, keepdims=True) / snr)
-        audio[lo:lo + 2000] = spectrograms(waves, args.audio_bins, args.audio_frames)
+      imgs, labels = pairing.images[split]
       prep.write_split(split, {
-          "audio": audio,
-          "visual": degrade(imgs)[:, None, :, :, None],
+          "audio": pairing.paired_audio(split, args),
+          "visual": pairing.degrade(imgs)[:, None, :, :, None],
           "label": labels.astype(np.int32)})
       counts[split] = common.split_counts(labels, 10)
-      clip_counts[split] = len(banks[split])
-      used = np.bincount(assign[split], minlength=len(banks[split]))
+      clip_counts[split] = len(pairing.banks[split])
+      used = np.bincount(pairing.assign[split], minlength=len(pairing.banks[split]))
       uses[split] = [int(used.min()), int(used.max())] if used.size else [0, 0]
-    sources = {**facts, "fsdd_clips": len(wavs), "clips_per_split": clip_counts,
+    sources = {**pairing.facts, "fsdd_clips": len(wavs), "clips_per_split": clip_counts,
                "pairs_per_clip_min_max": uses}
     if args.source == "tfds":
       sources["fsdd_recordings"] = fsdd_text
@@ -563,9 +603,46 @@ def main(argv=None) -> None:
                                      "visual": [1, 28, 28, 1]},
         "source_fingerprint": fp, "options": options, "command": args.command,
         "sources": sources, "variant": args.variant}
-    if hard:
-      manifest.update(fold=args.fold, speakers=speakers)
-    common.finish(prep, manifest, skipped)
+    if args.variant == "hard":
+      manifest.update(fold=args.fold, speakers=options["speakers"])
+    common.finish(prep, manifest, pairing.skipped)
+
+
+def recordings_of_test_pairs(data_dir: str, fsdd_dir: str, mnist_dir: str) -> list[str]:
+  """The FSDD recording ("{digit}_{speaker}_{index}") of each test pair of the AV-MNIST
+  prepared in ``data_dir`` (the prepared data does not keep them): its preparation replayed
+  from FSDD and MNIST with the manifest's options, certified only when the replay gives the
+  stored test audio bit for bit (`common.PrepError` otherwise)."""
+  manifest = records.read_manifest(data_dir)
+  options = (manifest or {}).get("options") or {}
+  if manifest is None or manifest.get("name") != "avmnist" or "seed" not in options:
+    raise common.PrepError(f"{data_dir} holds no AV-MNIST prepared by data_prep.avmnist")
+  if options.get("source") == "tfds" or options.get("mnist_source") != "idx":
+    raise common.PrepError(f"{data_dir} was prepared from TFDS: its test recordings are "
+                           "replayed from FSDD's files and MNIST's idx files only")
+  hard = manifest.get("variant") == "hard"
+  argv = [f"--variant={manifest.get('variant', 'easy')}", f"--fsdd_dir={fsdd_dir}",
+          f"--mnist_dir={mnist_dir}", f"--out_dir={data_dir}",
+          *(f"--{k}={options[k]}" for k in ("seed", "audio_snr_db", "audio_bins",
+                                            "audio_frames",
+                                            "fold" if hard else "image_energy_removed",
+                                            *(["image_energy_kept"] if hard else [])))]
+  args = common.flags("avmnist", __doc__, FLAGS, argv)
+  check_flags(args)
+  wavs, fsdd_text, mnist_paths, tfds_dir, _ = read_sources(args, claim=False)
+  if options_of(args, mnist_paths) != options:
+    raise common.PrepError(f"{data_dir} was prepared with options this code does not make "
+                           "(another version of data_prep.avmnist): prepare it again")
+  pairing = Pairing(args, wavs, fsdd_text, mnist_paths, tfds_dir)
+  for split in ("train", "val"):
+    pairing.paired_audio(split, args, spectrogram=False)  # their noise, drawn before the test's
+  stored = records.load_prepared("avmnist", data_dir).test["audio"]
+  if not np.array_equal(np.asarray(stored), pairing.paired_audio("test", args)):
+    raise common.PrepError(f"{data_dir}'s test audio is not what --fsdd_dir={fsdd_dir} and "
+                           f"--mnist_dir={mnist_dir} make with its options (other files?): "
+                           "its test recordings are unknown")
+  names = pairing.recordings["test"]
+  return [names[i] for i in pairing.assign["test"]]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ The study, from its specs (`experiments.study`): plan -> run -> report.
 - **Report**: ``--docs/<dataset>.json`` and ``--docs/<dataset>_<table>.md``: every row's
   per-(fold, seed) runs with their commands, accuracies over folds and seeds, each family's
   comparisons (`experiments.claims`: the paired difference's t-interval over the folds, raw
-  and Holm-corrected, the verdict from the corrected one), the descriptive pairs, and each
+  and Holm-corrected, the verdict from the corrected one; with the test pairs' recordings,
+  replayed from --fsdd_dir/--mnist_dir once and kept in ``--docs/<dataset>/recordings/``, a
+  descriptive recording-level bootstrap of each difference), the descriptive pairs, and each
   tuned row's search on every fold (every setting tried with its validation accuracy, the
   choice, whether it is interior).
 
@@ -29,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib
+import io
 import json
 import math
 import os
@@ -65,6 +70,7 @@ class Fold:
   prep: str | None  # the command that prepares it (FSDD, MNIST: the raw data)
   extra: tuple[str, ...] = ()  # --run_flags: added to every run (a smoke test's own records)
   tuner: Fold | None = None  # the fold whose validation split tunes this one (None: itself)
+  recordings: str | None = None  # `StudyData.recordings`: each test pair's recording
 
   @property
   def tuning(self) -> Fold:
@@ -87,9 +93,11 @@ def folds_of(name: str, data_root: str, only: list[int] | None) -> list[Fold]:
   if entry.folder is None:
     return [Fold(name, dataset, None, None, None)]
   if entry.folds == 1:
-    return [Fold(name, dataset, None, os.path.join(data_root, entry.folder), entry.prep)]
+    return [Fold(name, dataset, None, os.path.join(data_root, entry.folder), entry.prep,
+                 recordings=entry.recordings)]
   every = [Fold(name, dataset, k, os.path.join(data_root, f"{entry.folder}_fold{k}"),
-                entry.prep.replace("FOLD", str(k))) for k in range(entry.folds)]
+                entry.prep.replace("FOLD", str(k)), recordings=entry.recordings)
+           for k in range(entry.folds)]
   tuned_on = entry.tuned_on or range(entry.folds)
   every = [dataclasses.replace(f, tuner=None if tuned_on[k] == k else every[tuned_on[k]])
            for k, f in enumerate(every)]
@@ -124,6 +132,47 @@ def data_identity(fold: Fold) -> dict | None:
 def test_labels(fold: Fold) -> np.ndarray:
   from inforeg_jax.data import load_dataset
   return np.asarray(load_dataset(fold.dataset, fold.data_dir or "").test["label"])
+
+
+def test_clips(fold: Fold, folder: str, fsdd: str, mnist: str) -> np.ndarray | None:
+  """Each test pair's recording, int [N] (the unit the recording-level bootstrap resamples):
+  from ``<folder>/<fold>.json`` (committed beside the records) when it was made from the fold's
+  data here, else replayed from FSDD and MNIST (`StudyData.recordings`) and written there.
+  None where the dataset has none, its data is not here, or FSDD and MNIST are not given (or
+  do not replay the data: a note says so)."""
+  if fold.recordings is None or fold.data_dir is None or not os.path.isdir(fold.data_dir):
+    return None
+  sha = data_identity(fold)["sha256"]
+  path = os.path.join(folder, f"{fold.label or 'all'}.json")
+  try:
+    with open(path, "rb") as f:
+      doc = json.loads(f.read())
+    if doc["data_sha256"] == sha:
+      return np.asarray(doc["index"], np.int64)
+  except FileNotFoundError:
+    pass
+  except (OSError, ValueError, KeyError, TypeError) as e:  # remade below when it can be
+    print(f"note: {path} is not a list of recordings ({type(e).__name__}); remaking it",
+          file=sys.stderr)
+  if not (fsdd and mnist):
+    return None
+  module, function = fold.recordings.split(":")
+  said = io.StringIO()  # data_prep's progress and its one error line
+  try:
+    with contextlib.redirect_stderr(said):
+      names = getattr(importlib.import_module(module), function)(fold.data_dir, fsdd, mnist)
+  except SystemExit:
+    why = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
+    print(f"note: no recording-level bootstrap for {fold.study} {fold.label}: "
+          f"{why[-1][7:] if why else 'its recordings could not be replayed'}", file=sys.stderr)
+    return None
+  recordings, index = np.unique(np.asarray(names), return_inverse=True)
+  os.makedirs(folder, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"data_sha256": sha, "prep_command": fold.prep, "recordings": recordings.tolist(),
+               "index": index.tolist()}, f)
+  os.replace(path + ".tmp", path)
+  return index.astype(np.int64)
 
 
 # ---------------------------------------------------------------- runs and their records
@@ -340,6 +389,11 @@ def stats(values) -> dict:
           "fold_means": [round(float(x), 4) for x in np.atleast_2d(v).mean(axis=1)]}
 
 
+def predictions(record: dict) -> np.ndarray:
+  """A reported record's test predictions, one class a test pair."""
+  return np.frombuffer(base64.b64decode(record["predictions"]), np.uint8).astype(np.int16)
+
+
 def checked(record: dict, fold: Fold, labels: dict) -> dict:
   """A reported record, cross-checked: its predictions against their checksum and (when the
   fold's data is here) its accuracy against them; its data against the fold's."""
@@ -347,7 +401,7 @@ def checked(record: dict, fold: Fold, labels: dict) -> dict:
   if not isinstance(record.get("predictions"), str):
     raise SystemExit(f"error: the record of {where} has no test predictions (damaged): remove "
                      "its line from the records and run the command again")
-  values = np.frombuffer(base64.b64decode(record["predictions"]), np.uint8).astype(np.int16)
+  values = predictions(record)
   if hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != record.get(
       "predictions_sha256"):
     raise SystemExit(f"error: the record of {where} does not match its checksum (damaged): "
@@ -379,6 +433,9 @@ def row_report(table, row, folds, records, labels, seeds) -> dict | None:
     got.append([checked(r, fold, labels) for r in rs])
   acc = np.asarray([[r["final"]["acc"] for r in rs] for rs in got])
   out = {"name": row.name, "acc": stats(acc), "_acc": acc}
+  if all(f.label in labels for f in folds):  # [F, S, N]: each run right on each test pair
+    out["_correct"] = np.stack([[predictions(r) == labels[f.label] for r in rs]
+                                for f, rs in zip(folds, got)])
   for m in ("audio", "visual"):
     if all(f"acc_{m}" in r["final"] for rs in got for r in rs):
       values = np.asarray([[r["final"][f"acc_{m}"] for r in rs] for rs in got])
@@ -436,7 +493,9 @@ def top_level(acc: np.ndarray) -> np.ndarray:
   return acc if acc.shape[0] >= 2 else acc.T
 
 
-def table_report(table: study.Table, folds, records, labels) -> dict:
+def table_report(table: study.Table, folds, records, labels, clips=None) -> dict:
+  """A table's rows, each family's claims and the descriptive pairs; with ``clips`` (each
+  fold's test pairs' recordings, [F, N]) each difference's recording-level bootstrap too."""
   made, missing = {}, []
   for row in table.rows:
     r = row_report(table, row, folds, records, labels, table.seeds)
@@ -446,6 +505,13 @@ def table_report(table: study.Table, folds, records, labels) -> dict:
       made[row.name] = r
   if missing:
     return {"missing": missing}
+
+  def by_recording(a: str, b: str) -> dict:
+    if clips is None or "_correct" not in made[a] or "_correct" not in made[b]:
+      return {}
+    boot = claims.clip_bootstrap(made[a]["_correct"], made[b]["_correct"], clips)
+    return {"ci95_recordings": interval(boot.ci95)}
+
   for fam in table.families:
     result = claims.claims({n: (top_level(made[n]["_acc"]), top_level(made[fam.reference]["_acc"]))
                             for n in fam.rows})
@@ -454,12 +520,13 @@ def table_report(table: study.Table, folds, records, labels) -> dict:
           "family": fam.name, "reference": fam.reference, "mean": round(c.mean, 4),
           "ci95_raw": interval(c.ci_raw), "p": round(c.p, 5),
           "p_holm": round(c.p_adjusted, 5), "level_holm": round(c.level, 5),
-          "ci_holm": interval(c.ci_corrected), "verdict": c.verdict})
+          "ci_holm": interval(c.ci_corrected), "verdict": c.verdict,
+          **by_recording(n, fam.reference)})
   descriptive = []
   for a, b in table.descriptive:
     d = claims.paired_difference(top_level(made[a]["_acc"]), top_level(made[b]["_acc"]))
     descriptive.append({"row": a, "reference": b, "mean": round(d.mean, 4),
-                        "ci95": interval(d.ci95), "p": round(d.p, 5)})
+                        "ci95": interval(d.ci95), "p": round(d.p, 5), **by_recording(a, b)})
   return {"title": table.title, "rows": [{k: v for k, v in made[r.name].items()
                                           if not k.startswith("_")} for r in table.rows],
           "descriptive": descriptive}
@@ -487,6 +554,14 @@ def markdown(report: dict) -> str:
     lines += ["", "Descriptive (no claim): " + "; ".join(
         f"{d['row']} - {d['reference']}: {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, "
         f"{d['ci95'][1]:+.3f}]" for d in report["descriptive"])]
+  boot = [(r["name"], c) for r in rows for c in r.get("comparisons", [])
+          if "ci95_recordings" in c] + [(d["row"], d) for d in report["descriptive"]
+                                        if "ci95_recordings" in d]
+  if boot:
+    lines += ["", "Recording-level bootstrap (descriptive, no claim: folds, then seeds and "
+              "recordings within each drawn fold, resampled; experiments/claims.py): " + "; ".join(
+                  f"{name} - {c['reference']}: [{c['ci95_recordings'][0]:+.3f}, "
+                  f"{c['ci95_recordings'][1]:+.3f}]" for name, c in boot)]
   return "\n".join(lines) + "\n"
 
 
@@ -503,7 +578,8 @@ def main(argv=None) -> int:
   p.add_argument("--folds", default="", help="comma-separated folds (default: every fold)")
   p.add_argument("--jobs", type=int, default=2, help="populations at once (one thread each)")
   p.add_argument("--data_root", default="data", help="where the prepared datasets are")
-  p.add_argument("--fsdd_dir", default="", help="prepare a missing AV-MNIST from these")
+  p.add_argument("--fsdd_dir", default="", help="prepare a missing AV-MNIST from these, and "
+                 "replay its test pairs' recordings (the recording-level bootstrap)")
   p.add_argument("--mnist_dir", default="")
   p.add_argument("--out", default="runs/results", help="the runs' folders (scratch)")
   p.add_argument("--docs", default="docs/results", help="records and tables")
@@ -583,7 +659,7 @@ def run_study(name: str, folds: list[Fold], tables, extra, args) -> None:
       raise SystemExit(f"error: {e}") from None
   check_records_data(name, folds, records)
   wall = None if args.report_only else run_missing(name, tables, folds, records, args)
-  write_report(name, docs, doc, tables, folds, records, wall)
+  write_report(name, docs, doc, tables, folds, records, wall, args.fsdd_dir, args.mnist_dir)
 
 
 def check_records_data(name: str, folds: list[Fold], records: Records) -> None:
@@ -638,13 +714,16 @@ def run_missing(name: str, tables, folds: list[Fold], records: Records, args) ->
 
 
 def write_report(name: str, docs: str, doc: dict, tables, folds: list[Fold], records: Records,
-                 wall: dict | None) -> None:
+                 wall: dict | None, fsdd: str = "", mnist: str = "") -> None:
   """``<docs>.json`` and a markdown file a table, from the records alone; refused (nothing
   written) while a row lacks runs or where it would replace a table over more folds."""
   path = docs + ".json"
   labels = {f.label: test_labels(f) for f in folds
             if f.data_dir is None or os.path.isdir(f.data_dir)}
-  reports = {t.name: table_report(t, folds, records, labels) for t in tables}
+  ids = [test_clips(f, os.path.join(docs, "recordings"), fsdd, mnist) for f in folds]
+  clips = np.stack(ids) if ids and all(i is not None for i in ids) and len(
+      {len(i) for i in ids}) == 1 else None
+  reports = {t.name: table_report(t, folds, records, labels, clips) for t in tables}
   missing = {t: r["missing"] for t, r in reports.items() if "missing" in r}
   if missing:
     raise SystemExit(f"error: {name}: runs are missing for {missing} (run without "

@@ -421,6 +421,40 @@ def test_hard_variant_with_mnist_training_set(tmp_path):
                                                                  "test": 100}
 
 
+@pytest.mark.parametrize("variant", ["hard", "easy"])
+def test_the_test_pairs_recordings_replay_the_preparation(tmp_path, capsys, variant):
+  """Each test pair's recording, replayed from the same files: the digit of its label, the
+  fold's test speaker (hard) or a test index 0-4 (easy), every test recording used as evenly
+  as the manifest says; certified against the stored audio, so other files are one line."""
+  fsdd, mnist = (make_fixture(tmp_path, per_digit=6, images=300, speakers=avmnist.SPEAKERS)
+                 if variant == "hard" else make_fixture(tmp_path, per_digit=11, images=1000))
+  out = tmp_path / "out"
+  fold = ["--fold=2"] if variant == "hard" else []
+  proc = prep(f"--variant={variant}", *fold, f"--fsdd_dir={fsdd}", f"--mnist_dir={mnist}",
+              f"--out_dir={out}", "--seed=3")
+  assert proc.returncode == 0, proc.stderr
+  names = avmnist.recordings_of_test_pairs(str(out), str(fsdd), str(mnist))
+  labels = records.load_prepared("avmnist", str(out)).test["label"]
+  assert [int(n.split("_")[0]) for n in names] == list(labels)
+  if variant == "hard":
+    assert {n.split("_")[1] for n in names} == {"lucas"}
+  else:
+    assert {int(n.split("_")[2]) for n in names} == set(range(5))
+  m = manifest_of(out)
+  used = np.unique(names, return_counts=True)[1]
+  assert len(used) == m["sources"]["clips_per_split"]["test"]
+  assert [used.min(), used.max()] == m["sources"]["pairs_per_clip_min_max"]["test"]
+  # one test recording of the fold changed on disk: the replay's audio is not the stored one
+  victim = (fsdd / "recordings" / (names[0] + ".wav"))
+  wave, rate = soundfile.read(victim)
+  soundfile.write(victim, (wave * 0.5).astype(np.float32), rate)
+  with pytest.raises(SystemExit) as e:
+    avmnist.recordings_of_test_pairs(str(out), str(fsdd), str(mnist))
+  err = capsys.readouterr().err.splitlines()
+  assert e.value.code == 2 and "its test recordings are unknown" in err[-1]
+  assert err[-1].startswith("error: ")
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--fold=1"], "--fold applies to --variant=hard"),
     (["--image_energy_kept=0.3"], "--image_energy_kept applies to --variant=hard"),
@@ -456,6 +490,13 @@ def test_real_hard_variant(tmp_path):
   assert 0.29 < m["sources"]["pca_energy_kept"] <= 0.30
   data = records.load_prepared("avmnist", str(out))
   assert data.test["audio"].shape == (3000, 32, 32)
+  # the test pairs' recordings: george's 500, each serving 5-7 pairs of its digit
+  names = avmnist.recordings_of_test_pairs(str(out), os.path.join(SHARED, "fsdd"),
+                                           os.path.join(SHARED, "mnist"))
+  assert [int(n.split("_")[0]) for n in names] == list(data.test["label"])
+  assert {n.split("_")[1] for n in names} == {"george"} and len(set(names)) == 500
+  used = np.unique(names, return_counts=True)[1]
+  assert [used.min(), used.max()] == m["sources"]["pairs_per_clip_min_max"]["test"] == [5, 7]
 
 
 # ----------------------------------------------------------------------------------------------

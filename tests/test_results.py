@@ -412,3 +412,82 @@ def test_a_sigterm_before_the_trainers_own_handler_stops_the_population(monkeypa
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+RECORDINGS_CALLS = []
+
+
+def fake_recordings(data_dir, fsdd, mnist):
+  """Each test pair's recording (a `StudyData.recordings`): 20 pairs a recording; one
+  error line and exit 2 where FSDD is 'other' (data_prep's PrepError)."""
+  RECORDINGS_CALLS.append(data_dir)
+  if fsdd == "other":
+    print("error: the test audio is not what other makes", file=sys.stderr)
+    raise SystemExit(2)
+  return [f"{d}_x_{i // 20}" for i, d in enumerate(LABELS)]
+
+
+@pytest.fixture
+def with_recordings(fake, monkeypatch, tmp_path):
+  """The fake study on folds whose data is 'prepared' (a folder) and has recordings."""
+  calls, argv, docs = fake
+  folds = []
+  for k in range(3):
+    data = tmp_path / f"data{k}"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    folds.append(results.Fold("synthetic", "synthetic", k, str(data), None,
+                              recordings="tests.test_results:fake_recordings"))
+  monkeypatch.setattr(results, "folds_of", lambda name, root, only: folds)
+  # (the built-in data takes no --data_dir: the folders stand for the prepared data)
+  monkeypatch.setattr(results.Fold, "flags", lambda self: [f"--dataset={self.dataset}"])
+  monkeypatch.setattr(results, "data_identity",
+                      lambda fold: {"sha256": f"{fold.fold}" * 64, "version": "v"})
+  RECORDINGS_CALLS.clear()
+  return calls, argv, docs
+
+
+def test_recording_level_bootstrap_from_replayed_recordings_kept_beside_the_records(
+    with_recordings, monkeypatch):
+  calls, argv, docs = with_recordings
+  assert results.main(argv + ["--fsdd_dir=f", "--mnist_dir=m"]) == 0
+  assert len(RECORDINGS_CALLS) == 3  # once a fold
+  kept = json.loads((docs / "synthetic" / "recordings" / "fold1.json").read_text())
+  assert kept["data_sha256"] == "1" * 64
+  names = np.asarray(kept["recordings"])[kept["index"]]
+  assert list(names) == fake_recordings("", "", "")[:len(names)] and len(names) == len(LABELS)
+  doc = json.loads((docs / "synthetic.json").read_text())
+  rows = {r["name"]: r for r in doc["tables"]["t"]["rows"]}
+  [comp] = rows["inforeg tuned"]["comparisons"]
+  lo, hi = comp["ci95_recordings"]
+  assert lo <= comp["mean"] <= hi and hi - lo > 0
+  [desc] = doc["tables"]["t"]["descriptive"]
+  assert "ci95_recordings" in desc
+  assert "Recording-level bootstrap" in (docs / "synthetic_t.md").read_text()
+  # the kept file serves the next report (no FSDD, MNIST, nor a replay needed)
+  RECORDINGS_CALLS.clear()
+  assert results.main(argv + ["--report-only"]) == 0
+  assert RECORDINGS_CALLS == []
+  again = json.loads((docs / "synthetic.json").read_text())
+  assert again["tables"]["t"]["rows"] == doc["tables"]["t"]["rows"]
+  # data re-prepared otherwise: the kept recordings are not its own, and without FSDD and
+  # MNIST the report goes on without the bootstrap
+  monkeypatch.setattr(results, "data_identity", lambda fold: {"sha256": "f" * 64})
+  (docs / "synthetic" / "records").rename(docs / "old")
+  (docs / "synthetic.json").unlink()
+  assert results.main(argv) == 0
+  doc = json.loads((docs / "synthetic.json").read_text())
+  assert all("ci95_recordings" not in c for r in doc["tables"]["t"]["rows"]
+             for c in r.get("comparisons", []))
+
+
+def test_recordings_that_do_not_replay_are_a_note_and_no_bootstrap(with_recordings, capsys):
+  calls, argv, docs = with_recordings
+  assert results.main(argv + ["--fsdd_dir=other", "--mnist_dir=m"]) == 0
+  err = capsys.readouterr().err
+  assert "note: no recording-level bootstrap for synthetic fold0: the test audio is not what " \
+         "other makes" in err and "error:" not in err
+  doc = json.loads((docs / "synthetic.json").read_text())
+  assert all("ci95_recordings" not in c for r in doc["tables"]["t"]["rows"]
+             for c in r.get("comparisons", []))
+  assert not (docs / "synthetic" / "recordings").exists()

@@ -27,6 +27,9 @@ class StudyData:
   folds: int = 1  # held-out folds, each its own prepared folder (<folder>_fold<k>)
   tuned_on: tuple[int, ...] | None = None  # per fold, the fold whose validation split tunes
   # it (None: each fold its own)
+  # "module:function" (data_dir, fsdd_dir, mnist_dir) -> each test pair's recording, for the
+  # recording-level bootstrap (None: the test pairs are independent recordings)
+  recordings: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

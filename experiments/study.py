@@ -26,15 +26,35 @@ TUNING_SEEDS = (100, 101, 102)  # never reported
 # the key hyperparameters' ladders are each method's (`SEARCHES`), its official default in it.
 LR_LADDER = (0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 LR_START = 0.01
+PAST_END = 3  # rungs a search may step past either end of a ladder (continued at its end's ratio)
+
+
+def rung(ladder: tuple, i: int):
+  """The ladder's i-th value; past either end (i < 0 or i >= len), the ladder continued at its
+  end's ratio, up to `PAST_END` rungs: 3 significant digits, or for an integer ladder an
+  integer >= 1. None where there is no such rung (past the limit, or no new integer)."""
+  if 0 <= i < len(ladder):
+    return ladder[i]
+  low = i < 0
+  steps = -i if low else i - len(ladder) + 1
+  if steps > PAST_END or len(ladder) < 2:
+    return None
+  end, inner = (ladder[0], ladder[1]) if low else (ladder[-1], ladder[-2])
+  value = end * (end / inner) ** steps
+  if isinstance(end, int):
+    value, before = int(round(value)), rung(ladder, i + 1 if low else i - 1)
+    return value if value >= 1 and before is not None and value != before else None
+  return float(f"{value:.3g}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Search:
   """How one method is tuned on a fold: a hill climb on its ladders. Start at (LR_START, the
-  key's official default); try every untried neighbour (one rung up and down each ladder) of
-  the best setting so far, on every tuning seed; stop when the best setting's neighbours
-  have all been tried: the choice is then interior to what was tried (unless it sits at a
-  ladder's end, which the report says)."""
+  key's official default); try every untried neighbour (one rung up and down each ladder,
+  past a ladder's end too: `rung`) of the best setting so far, on every tuning seed; stop
+  when the best setting's neighbours have all been tried: the choice is then interior to
+  what was tried (unless it sits `PAST_END` rungs past a ladder's end, which the report
+  says). A point is a tuple of rung indices (negative: below the ladder)."""
 
   name: str  # the search's (and its rows') name
   flags: tuple[str, ...]  # the method and what it fixes (e.g. InfoReg's noise-aware window)
@@ -50,26 +70,28 @@ class Search:
   def start_point(self) -> tuple:
     return (LR_LADDER.index(LR_START),) + ((self.ladder.index(self.start),) if self.key else ())
 
+  def ladders(self) -> tuple[tuple, ...]:
+    return (LR_LADDER,) + ((self.ladder,) if self.key else ())
+
   def neighbours(self, point: tuple) -> list[tuple]:
-    """The points one rung away on each ladder (inside the ladders)."""
-    sizes = (len(LR_LADDER),) + ((len(self.ladder),) if self.key else ())
+    """The points one rung away on each ladder (past its ends too, where `rung` has one)."""
     out = []
-    for axis, size in enumerate(sizes):
+    for axis, ladder in enumerate(self.ladders()):
       for step in (-1, 1):
         p = list(point)
         p[axis] += step
-        if 0 <= p[axis] < size:
+        if rung(ladder, p[axis]) is not None:
           out.append(tuple(p))
     return out
 
   def at_ladder_end(self, point: tuple) -> list[str]:
-    """Which ladders ``point`` sits at the end of (its choice cannot be shown interior)."""
-    sizes = (len(LR_LADDER),) + ((len(self.ladder),) if self.key else ())
+    """The ladders ``point`` has no rung beyond (its choice cannot be shown interior)."""
     names = ("learning_rate",) + ((self.key,) if self.key else ())
-    return [n for n, i, s in zip(names, point, sizes) if i in (0, s - 1)]
+    return [n for n, i, ladder in zip(names, point, self.ladders())
+            if rung(ladder, i - 1) is None or rung(ladder, i + 1) is None]
 
   def flags_of(self, point: tuple) -> tuple[str, ...]:
-    return self.setting(LR_LADDER[point[0]], self.ladder[point[1]] if self.key else None)
+    return self.setting(*(rung(ladder, i) for ladder, i in zip(self.ladders(), point)))
 
 
 def _search(name, flags, key=None, ladder=(), start=None) -> Search:
@@ -77,7 +99,7 @@ def _search(name, flags, key=None, ladder=(), start=None) -> Search:
 
 
 # Each method's key hyperparameter (its official default first in the comment), on a ladder
-# wide enough that a choice at its end is unlikely.
+# wide enough that a choice at its end is unlikely (a search steps past an end: `rung`).
 SEARCHES = {s.name: s for s in (
     _search("joint", ["--method=joint"]),
     _search("ogm_ge", ["--method=ogm_ge"], "ogm_ge.alpha", (0.03, 0.1, 0.3, 0.8, 2.0, 5.0),

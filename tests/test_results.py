@@ -212,14 +212,46 @@ def test_bad_arguments_are_one_line(fake):
       results.main(argv + [bad])
 
 
-def test_the_search_at_a_ladder_end_says_so(fake, monkeypatch):
+@pytest.mark.parametrize("peak, chosen, interior", [
+    (0.3, 0.32, True),  # one rung past the ladder's top (0.16): found, and 0.64 tried
+    (10.0, 1.28, False),  # past the last rung a search may take: said so
+])
+def test_a_search_steps_past_a_ladders_end_until_its_choice_is_interior(fake, monkeypatch,
+                                                                        peak, chosen, interior):
   calls, argv, docs = fake
-  monkeypatch.setitem(PEAK, "lr", 1.0)  # beyond the ladder's top
+  monkeypatch.setitem(PEAK, "lr", peak)
   results.main(argv + ["--folds=0"])
   doc = json.loads((docs / "synthetic.json").read_text())
-  t = {r["name"]: r for r in doc["tables"]["t"]["rows"]}["joint tuned"]["tuning"]["fold0"]
-  assert t["chosen"] == f"--learning_rate={study.LR_LADDER[-1]}"
-  assert not t["interior"] and t["at_ladder_end"] == ["learning_rate"]
+  rows = {r["name"]: r for r in doc["tables"]["t"]["rows"]}
+  t = rows["joint tuned"]["tuning"]["fold0"]
+  assert t["chosen"] == f"--learning_rate={chosen}" and t["interior"] == interior
+  tried = {x["setting"] for x in t["tried"]}
+  assert f"--learning_rate={study.LR_LADDER[-1] * 2}" in tried
+  if interior:  # the rung beyond the choice was tried
+    assert "--learning_rate=0.64" in tried
+  assert t["at_ladder_end"] == ([] if interior else ["learning_rate"])
+  # the key's ladder too: InfoReg's beta past its top (8) at 16, interior (a fresh study)
+  import shutil
+  shutil.rmtree(docs)
+  monkeypatch.setitem(PEAK, "beta", 16.0)
+  results.main([a for a in argv if not a.startswith("--out=")] + [
+      f"--out={docs.parent / 'runs2'}", "--folds=0"])
+  doc = json.loads((docs / "synthetic.json").read_text())
+  t = {r["name"]: r for r in doc["tables"]["t"]["rows"]}["inforeg tuned"]["tuning"]["fold0"]
+  assert t["chosen"].endswith("--inforeg.beta=16.0") and "inforeg.beta" not in t["at_ladder_end"]
+  assert any(x["setting"].endswith("--inforeg.beta=32.0") for x in t["tried"])
+
+
+def test_a_ladder_continues_past_its_ends_at_its_end_ratio():
+  ogm = study.SEARCHES["ogm_ge"].ladder  # (0.03, 0.1, ... 5.0)
+  assert [study.rung(ogm, i) for i in (-4, -3, -1, 0, 5, 6, 8, 9)] == [
+      None, 0.00081, 0.009, 0.03, 5.0, 12.5, 78.1, None]
+  super_epoch = study.SEARCHES["gblending"].ladder  # integers (2, 3, 5, 10, 20)
+  assert [study.rung(super_epoch, i) for i in (-2, -1, 5, 7, 8)] == [None, 1, 40, 160, None]
+  search = study.SEARCHES["ogm_ge"]
+  assert search.flags_of((4, -1))[1:] == ("--learning_rate=0.02", "--ogm_ge.alpha=0.009")
+  assert (4, -1) in search.neighbours((4, 0)) and search.at_ladder_end((4, -3)) == [
+      "ogm_ge.alpha"]
 
 
 @pytest.mark.slow

@@ -106,10 +106,12 @@ def _on_sigterm(*_) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def train_population(members: list[Unit], log_path: str) -> None:
-  """Trains one population (in a worker process), its output to ``log_path``."""
+def train_population(members: list[Unit], log_path: str) -> float:
+  """Trains one population (in a worker process), its output to ``log_path``; the seconds
+  it took."""
   if _STOPPED:
     raise Stopped("SIGTERM")
+  start = time.time()
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   streams = sys.stdout, sys.stderr
   with open(log_path, "a") as log:
@@ -132,6 +134,14 @@ def train_population(members: list[Unit], log_path: str) -> None:
     finally:
       _TRAINING.clear()
       sys.stdout, sys.stderr = streams
+  return time.time() - start
+
+
+def eta_seconds(busy: float, finished: float, total: float, jobs: int) -> float:
+  """The time left: the weighted runs left at the seconds a weighted run has taken one worker
+  (``busy``: the finished populations' own seconds), shared by ``jobs`` workers. (Elapsed
+  time over the runs finished would count ``jobs`` populations' time as one's.)"""
+  return busy / finished * (total - finished) / jobs
 
 
 def _worker_init(cache: str) -> None:
@@ -150,7 +160,7 @@ def train_units(units: Sequence[Unit], jobs: int, logs: str,
   if not pops:
     return
   total = sum(u.weight for u in units)
-  finished, t0 = 0.0, time.time()
+  finished, busy, t0 = 0.0, 0.0, time.time()
   stamp = time.strftime("%Y%m%d-%H%M%S")
   log_of = [os.path.join(logs, f"{stamp}-population{k:03d}.txt") for k in range(len(pops))]
   stop: list[str] = []
@@ -172,7 +182,7 @@ def train_units(units: Sequence[Unit], jobs: int, logs: str,
       for f in ready:
         members, log = futures[f]
         try:
-          f.result()
+          busy += f.result()
         except Exception as e:  # the worker's error, shown with its log
           failed.append(f"a population of {len(members)} ({' '.join(members[0].flags)}) "
                         f"failed: {type(e).__name__}: {e} (its log: {log})")
@@ -180,7 +190,7 @@ def train_units(units: Sequence[Unit], jobs: int, logs: str,
         done(members)
         finished += sum(u.weight for u in members)
         elapsed = time.time() - t0
-        eta = elapsed / finished * (total - finished)
+        eta = eta_seconds(busy, finished, total, min(jobs, len(pops)))
         progress(f"[{finished:.0f}/{total:.0f} runs, {elapsed / 60:.1f} min, ETA "
                  f"{eta / 60:.1f} min] {' '.join(members[0].flags[2:])}: "
                  f"{len(members)} members")

@@ -523,3 +523,31 @@ def test_recordings_that_do_not_replay_are_a_note_and_no_bootstrap(with_recordin
   assert all("ci95_recordings" not in c for r in doc["tables"]["t"]["rows"]
              for c in r.get("comparisons", []))
   assert not (docs / "synthetic" / "recordings").exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_the_eta_counts_every_worker(jobs):
+  """Populations of unequal weight on ``jobs`` workers, scheduled as the pool does (a free
+  worker takes the next): at each completion the ETA is near the time truly left, the first
+  one's too, where the elapsed time over the runs finished is about ``jobs`` times too long
+  (the other workers' work in flight is not yet counted)."""
+  rng = np.random.default_rng(0)
+  weights = rng.integers(5, 21, 24).astype(float)
+  seconds = weights * 30.0  # 30 s a weighted run on one worker
+  free, ends = [0.0] * jobs, []
+  for w, s in zip(weights, seconds):
+    k = int(np.argmin(free))
+    free[k] += s
+    ends.append((free[k], w, s))
+  ends.sort()
+  last, total = ends[-1][0], weights.sum()
+  finished = busy = 0.0
+  errors, naive = [], []
+  for t, w, s in ends[:-jobs]:  # (the last ones: the time left is what is in flight)
+    finished, busy = finished + w, busy + s
+    eta = populations.eta_seconds(busy, finished, total, jobs)
+    errors.append(abs(eta - (last - t)) / (last - t))
+    naive.append(abs(t / finished * (total - finished) - (last - t)) / (last - t))
+  assert np.median(errors) < 0.2 and errors[0] < 0.35, errors
+  if jobs > 1:  # at the first population's end, the elapsed time counts one worker's work only
+    assert naive[0] > 1.0

@@ -52,16 +52,23 @@ def train(cfgs: Config | Sequence[Config], dataset=None, progress: bool | None =
   single = isinstance(cfgs, Config)
   cfgs = [cfgs] if single else list(cfgs)
   members_lib.check_members(cfgs)
-  members = [Member(i, c, members_lib.prepare_workdir(c)) for i, c in enumerate(cfgs)]
+  made = workdir_lib.missing_folders([c.resolved_workdir for c in cfgs])
   writer = jax.process_index() == 0
   locks = []
   try:
+    members = [Member(i, c, members_lib.prepare_workdir(c)) for i, c in enumerate(cfgs)]
     for m in members:
       members_lib.check_shared_workdir(m.workdir)
       if writer:  # before anything reads the workdir: another run may be writing it
         locks.append(workdir_lib.Lock(m.workdir))
       members_lib.check_resume_early(m.cfg, m.workdir)
     summaries = _train(members, dataset, progress, files or {}, writer, started)
+  except RunError:  # refused: the folders made for it are not left behind empty
+    for lock in locks:
+      lock.release()
+    if writer:
+      workdir_lib.remove_unused(made)
+    raise
   finally:
     for lock in locks:
       lock.release()

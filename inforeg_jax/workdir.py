@@ -102,6 +102,30 @@ class Lock:
       self.fd = None
 
 
+def missing_folders(workdirs: list[str]) -> list[str]:
+  """The folders of ``workdirs`` (and their parents) that do not exist yet, deepest first."""
+  out = set()
+  for w in workdirs:
+    path = os.path.abspath(w)
+    while not os.path.exists(path):
+      out.add(path)
+      path = os.path.dirname(path)
+  return sorted(out, key=lambda p: -p.count(os.sep))
+
+
+def remove_unused(folders: list[str]) -> None:
+  """Removes those of ``folders`` (deepest first, as `missing_folders`) that hold nothing,
+  or only an unheld lock: what a refused run made before it was refused."""
+  for folder in folders:
+    try:
+      if set(os.listdir(folder)) <= {LOCK}:
+        if os.path.exists(os.path.join(folder, LOCK)):
+          os.remove(os.path.join(folder, LOCK))
+        os.rmdir(folder)
+    except OSError:
+      pass
+
+
 def check_replaceable(workdir: str) -> None:
   """--overwrite only replaces a run: a folder with other files is refused."""
   other = foreign(workdir)

@@ -161,3 +161,18 @@ def test_a_signal_after_the_last_step_is_passed_on(tmp_path, monkeypatch):
     signal.signal(signal.SIGTERM, previous)
   assert "final" in summary and os.path.exists(tmp_path / "r" / "summary.json")
   assert got == ["SIGTERM"]
+
+
+def test_a_refused_population_leaves_no_folder_it_made(tmp_path):
+  """A member refused (its folder holds a run) refuses the population before anything is
+  written: the folders made for the others (and their new parent) are removed, the old run
+  and the folders that were there are kept."""
+  old = tmp_path / "pop" / "seed1"
+  trainer.train(tiny(old, epochs=1), tiny_dataset())
+  before = sorted(os.listdir(old))
+  cfgs = [tiny(tmp_path / "pop" / "seed2", epochs=1), tiny(old, epochs=1, seed=1),
+          tiny(tmp_path / "new" / "deep" / "seed3", epochs=1)]
+  with pytest.raises(trainer.RunError, match="already holds a run"):
+    trainer.train(cfgs, tiny_dataset())
+  assert sorted(os.listdir(tmp_path)) == ["pop"]
+  assert os.listdir(tmp_path / "pop") == ["seed1"] and sorted(os.listdir(old)) == before

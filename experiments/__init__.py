@@ -3,6 +3,8 @@ or read its runs."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Callable
 
@@ -10,6 +12,14 @@ from typing import Callable
 def os_error_line(e: OSError) -> str:
   """An OS error (a full disk, an unwritable folder, a file where a folder belongs) as one
   ``error:`` line naming the path."""
+  if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+    path = os.path.abspath(e.filename)  # the file standing where a folder is wanted
+    while path != os.path.dirname(path) and not os.path.isfile(path):
+      path = os.path.dirname(path)
+    if os.path.isfile(path):
+      wanted = "" if path == os.path.abspath(e.filename) else f" (for {e.filename})"
+      return (f"error: {path} is a file where a folder is wanted{wanted}: move it aside, or "
+              "choose another path")
   where = f": {e.filename}" if e.filename else ""
   return f"error: {e.strerror or e}{where}"
 

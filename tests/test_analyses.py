@@ -266,3 +266,17 @@ def test_sweep_keeps_a_finished_run_only_of_its_config_and_data(tmp_path):
   write_run(workdir, seed=0, rows=2, data=identity(manifest), **{**config, "epochs": 4})
   os.remove(os.path.join(workdir, "summary.json"))  # cut short, before its first checkpoint
   assert sweep.check_existing(workdir, cfg) == "fresh"
+
+
+def test_a_file_where_an_output_folder_belongs_is_named_in_one_line(tmp_path):
+  from experiments import os_error_line
+  (tmp_path / "out").write_text("a file")
+  for make in (lambda: os.makedirs(tmp_path / "out" / "sub"),  # EEXIST on the file itself
+               lambda: open(tmp_path / "out" / "sub" / "fig.json", "w")):  # ENOTDIR below it
+    with pytest.raises(OSError) as e:
+      make()
+    line = os_error_line(e.value)
+    assert line.startswith(f"error: {tmp_path / 'out'} is a file where a folder is wanted"), line
+  with pytest.raises(OSError) as e:  # other errors keep the OS's words
+    open(tmp_path / "missing" / "x")
+  assert os_error_line(e.value) == f"error: No such file or directory: {tmp_path}/missing/x"

@@ -134,7 +134,7 @@ def test_labels(fold: Fold) -> np.ndarray:
   return np.asarray(load_dataset(fold.dataset, fold.data_dir or "").test["label"])
 
 
-def test_clips(fold: Fold, folder: str, fsdd: str, mnist: str) -> np.ndarray | None:
+def recordings_of_test(fold: Fold, folder: str, fsdd: str, mnist: str) -> np.ndarray | None:
   """Each test pair's recording, int [N] (the unit the recording-level bootstrap resamples):
   from ``<folder>/<fold>.json`` (committed beside the records) when it was made from the fold's
   data here, else replayed from FSDD and MNIST (`StudyData.recordings`) and written there.
@@ -720,7 +720,7 @@ def write_report(name: str, docs: str, doc: dict, tables, folds: list[Fold], rec
   path = docs + ".json"
   labels = {f.label: test_labels(f) for f in folds
             if f.data_dir is None or os.path.isdir(f.data_dir)}
-  ids = [test_clips(f, os.path.join(docs, "recordings"), fsdd, mnist) for f in folds]
+  ids = [recordings_of_test(f, os.path.join(docs, "recordings"), fsdd, mnist) for f in folds]
   clips = np.stack(ids) if ids and all(i is not None for i in ids) and len(
       {len(i) for i in ids}) == 1 else None
   reports = {t.name: table_report(t, folds, records, labels, clips) for t in tables}

@@ -61,6 +61,7 @@ class Coverage(NamedTuple):
   independent_half_width: float
   bootstrap: float | None  # `clip_bootstrap` over the first bootstrap_reps repetitions
   bootstrap_half_width: float | None
+  simulated_mean: float  # the mean difference over every simulated study (the simulator's check)
 
 
 def _fold_interval(fold_means: np.ndarray, level: float) -> tuple[tuple[float, float], float]:
@@ -152,7 +153,7 @@ def _hierarchical_draws(sums, counts, n_clips, draws: int, rng) -> np.ndarray:
   averaged over its drawn seeds, the draw's the mean over the drawn folds."""
   f, s, c = sums.shape
   chunk = max(1, 2_000_000 // (f * s * c))  # ~16 MB of gathered sums at a time
-  out = np.empty(draws)
+  out = np.full(draws, np.nan)  # (a draw left out would show)
   for start in range(0, draws, chunk):
     b = min(chunk, draws - start)
     folds = rng.integers(0, f, (b, f))
@@ -162,6 +163,12 @@ def _hierarchical_draws(sums, counts, n_clips, draws: int, rng) -> np.ndarray:
     value = (clip_w * per_clip).sum(-1) / (s * (clip_w * counts[folds]).sum(-1))
     out[start:start + b] = value.mean(-1)
   return out
+
+
+def percentile_95(values) -> tuple[float, float]:
+  """The percentile 95% interval of bootstrap draws: their 2.5% and 97.5% quantiles."""
+  lo, hi = np.quantile(values, [0.025, 0.975])
+  return float(lo), float(hi)
 
 
 def clip_bootstrap(correct_a, correct_b, clips, draws: int = 2000, seed: int = 0) -> Bootstrap:
@@ -186,8 +193,7 @@ def clip_bootstrap(correct_a, correct_b, clips, draws: int = 2000, seed: int = 0
   sums = np.stack([[np.bincount(x, weights=d, minlength=width) for d in fold]
                    for x, fold in zip(local, diff)])
   values = _hierarchical_draws(sums, counts, n_clips, draws, np.random.default_rng(seed))
-  lo, hi = np.quantile(values, [0.025, 0.975])
-  return Bootstrap(float(diff.mean()), (float(lo), float(hi)))
+  return Bootstrap(float(diff.mean()), percentile_95(values))
 
 
 def simulate_coverage(difference: float = 0.02, sd_fold: float = 0.01, sd_seed: float = 0.016,
@@ -207,7 +213,7 @@ def simulate_coverage(difference: float = 0.02, sd_fold: float = 0.01, sd_seed: 
   data_rng, boot_rng = np.random.default_rng(seed).spawn(2)
   n = clips * pairs_per_clip
   chunk = max(1, 2_000_000 // (folds * seeds * clips))
-  d = np.empty((reps, folds, seeds))
+  d = np.full((reps, folds, seeds), np.nan)
   boot = []
   for start in range(0, reps, chunk):
     b = min(chunk, reps - start)
@@ -223,7 +229,7 @@ def simulate_coverage(difference: float = 0.02, sd_fold: float = 0.01, sd_seed: 
     counts = np.full((folds, clips), float(pairs_per_clip))
     for i in range(max(0, min(b, bootstrap_reps - start))):
       values = _hierarchical_draws(sums[i], counts, np.full(folds, clips), draws, boot_rng)
-      boot.append(np.quantile(values, [0.025, 0.975]))
+      boot.append(percentile_95(values))
 
   primary = np.array([paired_difference(x, np.zeros_like(x)).ci95 for x in d])
   flat = d.reshape(reps, -1)
@@ -240,4 +246,4 @@ def simulate_coverage(difference: float = 0.02, sd_fold: float = 0.01, sd_seed: 
   boot = np.array(boot) if boot else None
   return Coverage(cover(primary), half_width(primary), cover(independent),
                   half_width(independent), cover(boot) if boot is not None else None,
-                  half_width(boot) if boot is not None else None)
+                  half_width(boot) if boot is not None else None, float(d.mean()))

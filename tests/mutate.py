@@ -77,6 +77,7 @@ TARGETS = [
     "inforeg_jax/trainer.py",
     "inforeg_jax/checkpoint.py",
     "inforeg_jax/data/pipeline.py",
+    "experiments/claims.py",
 ]
 
 # Module (glob, first match wins) -> the fast test files that guard it (globs, ``{name}``: the
@@ -99,6 +100,7 @@ TESTS = {
     "inforeg_jax/trainer.py": ["tests/test_trainer.py", "tests/test_checkpoint.py"],
     "inforeg_jax/checkpoint.py": ["tests/test_checkpoint.py"],
     "inforeg_jax/data/pipeline.py": ["tests/test_pipeline.py"],
+    "experiments/claims.py": ["tests/test_claims.py"],
 }
 
 CACHE_DIR = "runs/mutation"

@@ -222,3 +222,84 @@ def test_clip_bootstrap_folds_of_different_sizes_and_its_errors():
     claims.clip_bootstrap(a, b[:, :4], clips)
   with pytest.raises(ValueError, match="clips must be"):
     claims.clip_bootstrap(a, b, clips[:, :10])
+
+
+# ---------------------------------------------------------------- edges (mutation testing)
+
+
+def test_folds_that_all_agree_give_the_point_and_a_decided_test():
+  a = np.full((6, 5), 0.7)
+  same = claims.paired_difference(a, a)
+  assert same.ci95 == (0.0, 0.0) and same.p == 1.0
+  shifted = claims.paired_difference(a + 0.01, a)
+  assert shifted.ci95 == pytest.approx((0.01, 0.01)) and shifted.p == 0.0
+  assert claims.claims({"x": (a + 0.01, a)})["x"].verdict == "wins"
+  # two folds are enough (df = 1), one is not
+  assert claims.paired_difference(a[:2] + [[0.01], [0.02]], a[:2]).ci95[1] > 0.02
+  with pytest.raises(ValueError, match="2 folds or more"):
+    claims.paired_difference(a[:1], a[:1])
+
+
+def test_holm_takes_p_values_of_0_and_1_caps_at_1_and_rejects_at_alpha():
+  h = claims.holm([0.0, 1.0])
+  assert list(h.p_adjusted) == [0.0, 1.0] and list(h.reject) == [True, False]
+  assert list(claims.holm([0.6, 0.7]).p_adjusted) == [1.0, 1.0]  # never above 1
+  at = claims.holm([0.025, 0.5])  # 2 x 0.025 = alpha exactly: rejected (<=)
+  assert at.p_adjusted[0] == 0.05 and at.reject[0]
+
+
+def test_the_independent_contrast_is_a_real_interval_that_undercovers():
+  cov = claims.simulate_coverage(sd_fold=0.02, sd_seed=0.003, seed=2, **STUDY)
+  assert 0.3 < cov.independent < 0.8 and 0 < cov.independent_half_width
+
+
+def test_the_simulator_is_unbiased():
+  # a study's difference averages the known one (binomial outcomes at the given churn)
+  cov = claims.simulate_coverage(difference=0.03, sd_fold=0.001, sd_seed=0.001, sd_clip=0.01,
+                                 churn=0.2, folds=6, seeds=5, clips=100, pairs_per_clip=6,
+                                 reps=2000, seed=3)
+  assert cov.simulated_mean == pytest.approx(0.03, abs=2e-4)
+
+
+def test_the_bootstrap_in_the_simulation_runs_on_its_share_of_studies():
+  cov = claims.simulate_coverage(sd_fold=0.005, sd_seed=0.01, folds=6, seeds=5, clips=40,
+                                 pairs_per_clip=6, reps=40, bootstrap_reps=20, draws=200,
+                                 seed=4)
+  assert cov.bootstrap is not None and 0.5 <= cov.bootstrap <= 1.0
+  assert cov.primary_half_width / 3 < cov.bootstrap_half_width < 3 * cov.primary_half_width
+  assert claims.simulate_coverage(reps=20, clips=40, seed=4).bootstrap is None
+
+
+def test_a_constant_difference_bootstraps_to_its_point():
+  # every test pair of every run right for a, wrong for b: every draw is 1, so the interval
+  # is [1, 1] (a draw left uncomputed would show)
+  right = np.ones((3, 2, 12), bool)
+  clips = np.tile(np.arange(12) // 3, (3, 1))
+  boot = claims.clip_bootstrap(right, ~right, clips, draws=300)
+  assert boot.mean == 1.0 and boot.ci95 == (1.0, 1.0)
+
+
+def test_accuracies_need_a_seed_a_fold_and_identical_rows_are_undecided():
+  a = np.full((3, 1), 0.7) + [[0.0], [0.01], [0.02]]
+  assert claims.paired_difference(a + [[0.01], [0.0], [0.02]], a).mean == pytest.approx(0.01)
+  with pytest.raises(ValueError, match="must be \\[folds, seeds\\]"):
+    claims.paired_difference(np.zeros((3, 0)), np.zeros((3, 0)))
+  # a row against itself (MMPareto tuned = its defaults when the search keeps lr 0.01): the
+  # interval is [0, 0], which holds 0: neither a win nor a loss
+  same = np.full((6, 5), 0.7)
+  assert claims.claims({"x": (same, same)})["x"].verdict == "undecided"
+
+
+def test_the_percentile_interval_is_the_central_95():
+  assert claims.percentile_95(np.arange(1001) / 1000) == pytest.approx((0.025, 0.975))
+
+
+def test_the_simulated_intervals_are_as_wide_as_the_design_makes_them():
+  # seed-dominated: a fold mean's sd is sqrt(sd_fold^2 + (sd_seed^2 + churn / N) / S +
+  # sd_clip^2 / clips) = 0.0107 (N = 3000 pairs a run), so t_5 x E[s] / sqrt(6) is ~0.0106
+  cov = claims.simulate_coverage(sd_fold=0.002, sd_seed=0.02, seed=1, **STUDY)
+  assert 0.008 < cov.primary_half_width < 0.014
+  # fold-dominated: the independent interval (30 units, t_29) is narrower than the one on the
+  # 6 fold means by about sqrt(6 / 30 x (1 + ...)): a third or so, not a tenth
+  cov = claims.simulate_coverage(sd_fold=0.02, sd_seed=0.003, seed=2, **STUDY)
+  assert cov.primary_half_width / 6 < cov.independent_half_width < cov.primary_half_width / 2

@@ -64,8 +64,6 @@ def train(cfgs: Config | Sequence[Config], dataset=None, progress: bool | None =
       members_lib.check_resume_early(m.cfg, m.workdir)
     summaries = _train(members, dataset, progress, files or {}, writer, started)
   except RunError:  # refused: the folders made for it are not left behind empty
-    for lock in locks:
-      lock.release()
     if writer:
       workdir_lib.remove_unused(made)
     raise

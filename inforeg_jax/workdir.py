@@ -115,7 +115,8 @@ def missing_folders(workdirs: list[str]) -> list[str]:
 
 def remove_unused(folders: list[str]) -> None:
   """Removes those of ``folders`` (deepest first, as `missing_folders`) that hold nothing,
-  or only an unheld lock: what a refused run made before it was refused."""
+  or only a lock (this run's: removed while held, which POSIX allows): what a refused run made
+  before it was refused."""
   for folder in folders:
     try:
       if set(os.listdir(folder)) <= {LOCK}:

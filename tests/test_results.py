@@ -360,6 +360,18 @@ def test_flags_the_engine_sets_are_refused_in_run_flags(fake):
   assert not calls
 
 
+def test_a_report_over_some_folds_shows_intervals_and_decides_nothing(fake):
+  """The claim rule is over every fold: over fewer (a fold's seeds standing in for its
+  speakers) the intervals are shown and no row wins or loses."""
+  calls, argv, docs = fake
+  results.main(argv + ["--folds=0,1"])
+  doc = json.loads((docs / "synthetic.json").read_text())
+  [comp] = {r["name"]: r for r in doc["tables"]["t"]["rows"]}["inforeg tuned"]["comparisons"]
+  assert comp["verdict"] == "none (2 of 3 folds)"
+  assert comp["ci_holm"][0] > 0  # the interval alone would say "wins" (the full study does)
+  assert "none (2 of 3 folds)" in (docs / "synthetic_t.md").read_text()
+
+
 def test_a_report_over_fewer_folds_never_replaces_one_over_more(fake):
   calls, argv, docs = fake
   results.main(argv)
